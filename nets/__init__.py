@@ -1,0 +1,1 @@
+"""DeepLabV3+ networks: MobileNetV2 and Xception backbones, ASPP, decoder and losses."""

@@ -1,0 +1,1 @@
+"""Data, metrics, training loop, callbacks and the predictor of the DeepLabV3+ toolkit."""

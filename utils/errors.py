@@ -1,0 +1,28 @@
+"""User-facing errors and the wrapper that turns them into one clear line and an exit code.
+
+Scripts raise :class:`UserError` for anything the user can fix (a missing file, a bad
+flag, a broken label). ``run_cli`` prints it as a single ``error:`` line on stderr and
+exits non-zero, so nobody has to read a traceback to learn what to do.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input, files or flags; the message says what to do."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main(argv)`` and exit with its status, reporting ``UserError`` in one line."""
+    try:
+        status = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(int(status or 0))
