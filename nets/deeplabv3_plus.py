@@ -1,0 +1,139 @@
+"""DeepLabV3+ (Chen et al., ECCV 2018): backbone, ASPP, decoder and classifier head.
+
+Key names, shapes and the computed function follow ``../shared/spec/MODEL.md`` so the
+weight files of the original release load with ``strict=True``. Inputs are RGB in
+[0, 1] (no mean/std), of any size; logits come back at the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nets.mobilenetv2 import MobileNetV2
+from nets.xception import Xception
+
+BACKBONES = ("mobilenet", "xception")
+DOWNSAMPLE_FACTORS = (8, 16)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, 1, padding, dilation=dilation, bias=True),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three dilated 3x3 and image pooling branches.
+
+    Args:
+        in_channels: channels of the high-level feature.
+        out_channels: channels of each branch and of the output.
+        rate: dilation multiplier, ``16 // output_stride``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 256, rate: int = 1) -> None:
+        super().__init__()
+        self.branch1 = _conv_bn_relu(in_channels, out_channels, 1)
+        self.branch2 = _conv_bn_relu(in_channels, out_channels, 3, 6 * rate)
+        self.branch3 = _conv_bn_relu(in_channels, out_channels, 3, 12 * rate)
+        self.branch4 = _conv_bn_relu(in_channels, out_channels, 3, 18 * rate)
+        self.branch5_conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        self.branch5_bn = nn.BatchNorm2d(out_channels)
+        self.conv_cat = _conv_bn_relu(out_channels * 5, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        pooled = F.relu(self.branch5_bn(self.branch5_conv(pooled)), inplace=True)
+        pooled = F.interpolate(pooled, size=x.shape[2:], mode="bilinear", align_corners=True)
+        branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x), pooled]
+        return self.conv_cat(torch.cat(branches, dim=1))
+
+
+class DeepLab(nn.Module):
+    """DeepLabV3+ semantic segmentation network.
+
+    Args:
+        num_classes: number of output classes (at least 1).
+        backbone: ``"mobilenet"`` (MobileNetV2) or ``"xception"``.
+        pretrained: load the ImageNet backbone weights from ``model_data/`` (downloaded
+            from the release when absent).
+        downsample_factor: output stride of the backbone, 8 or 16.
+
+    Raises:
+        ValueError: for an unknown backbone, an unsupported output stride or a
+            class count below 1; the message lists the allowed values.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "mobilenet", pretrained: bool = False,
+                 downsample_factor: int = 16) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+        if downsample_factor not in DOWNSAMPLE_FACTORS:
+            raise ValueError(f"downsample_factor (output stride) must be one of 8, 16; got {downsample_factor!r}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        self.downsample_factor = downsample_factor
+        self.backbone_frozen = False
+        self.backbone = (MobileNetV2 if backbone == "mobilenet" else Xception)(downsample_factor)
+        if pretrained:
+            from nets.pretrained import load_imagenet_backbone
+
+            load_imagenet_backbone(self.backbone, backbone)
+        self.aspp = ASPP(self.backbone.high_level_channels, 256, rate=16 // downsample_factor)
+        self.shortcut_conv = _conv_bn_relu(self.backbone.low_level_channels, 48, 1)
+        self.cat_conv = nn.Sequential(
+            nn.Conv2d(256 + 48, 256, 3, 1, 1),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Conv2d(256, 256, 3, 1, 1),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+        )
+        self.cls_conv = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        low, high = self.backbone(x)
+        high = self.aspp(high)
+        low = self.shortcut_conv(low)
+        high = F.interpolate(high, size=low.shape[2:], mode="bilinear", align_corners=True)
+        out = self.cls_conv(self.cat_conv(torch.cat((high, low), dim=1)))
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+
+    def train(self, mode: bool = True) -> DeepLab:
+        """Set train/eval mode; a frozen backbone keeps its BatchNorm statistics fixed."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Make the backbone untrainable and keep its BatchNorm running statistics fixed.
+
+    Accepts a ``DeepLab`` or a wrapper holding one in ``.module`` (DDP).
+    """
+    _set_backbone_frozen(model, True)
+
+
+def unfreeze_backbone(model: nn.Module) -> None:
+    """Undo :func:`freeze_backbone`: the backbone trains and updates its statistics again."""
+    _set_backbone_frozen(model, False)
+
+
+def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    net = getattr(model, "module", model)
+    for param in net.backbone.parameters():
+        param.requires_grad_(not frozen)
+    net.backbone_frozen = frozen
+    net.train(net.training)
