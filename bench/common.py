@@ -1,0 +1,52 @@
+"""Shared benchmark helpers: timing loops and the machine's matmul ceiling.
+
+Achieved GFLOP/s of a model only means something next to what the same machine
+reaches on its best-case kernel, so every benchmark measures that ceiling (a large
+square float32 matmul) in the same run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 2, repeats: int = 10,
+              min_seconds: float = 0.0) -> float:
+    """Median seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def matmul_gflops(device: torch.device | str = "cpu", n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """Best-case GFLOP/s of an ``n x n`` matmul on ``device``: the ceiling for ratios."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_call(lambda: a @ b, device, warmup=2, repeats=5)
+    return 2 * n**3 / seconds / 1e9
+
+
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """One line naming the machine a figure was measured on."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
+            f"(torch {torch.__version__})")

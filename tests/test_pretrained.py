@@ -1,0 +1,74 @@
+"""ImageNet backbone files: loading, reporting unused keys, and failing fast and clearly offline."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+
+import pytest
+import torch
+
+from nets import pretrained
+from nets.mobilenetv2 import MobileNetV2
+from nets.xception import Xception
+from utils.errors import UserError
+
+
+def test_offline_download_fails_fast_with_file_address_and_destination(tmp_path, monkeypatch):
+    def offline(url, dst, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    start = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        pretrained.load_imagenet_backbone(MobileNetV2(), "mobilenet", model_dir=tmp_path)
+    message = str(info.value)
+    assert time.perf_counter() - start < 5
+    assert "mobilenet_v2.pth.tar" in message
+    assert pretrained.RELEASE_URL + "mobilenet_v2.pth.tar" in message
+    assert str(tmp_path / "mobilenet_v2.pth.tar") in message
+    assert not (tmp_path / "mobilenet_v2.pth.tar").exists()
+
+
+def test_download_goes_through_torch_hub_to_model_data(tmp_path, monkeypatch):
+    source = MobileNetV2().state_dict()
+    calls = []
+
+    def fake_download(url, dst, progress=True):
+        calls.append((url, progress))
+        torch.save(source, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    backbone = MobileNetV2()
+    pretrained.load_imagenet_backbone(backbone, "mobilenet", model_dir=tmp_path, verbose=False)
+    assert calls == [(pretrained.RELEASE_URL + "mobilenet_v2.pth.tar", True)]
+    assert torch.equal(backbone.state_dict()["features.0.0.weight"], source["features.0.0.weight"])
+
+
+def test_corrupt_file_names_the_file_and_the_address(tmp_path):
+    (tmp_path / "xception_pytorch_imagenet.pth").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError) as info:
+        pretrained.load_imagenet_backbone(Xception(), "xception", model_dir=tmp_path)
+    assert "xception_pytorch_imagenet.pth is corrupt or truncated" in str(info.value)
+    assert pretrained.RELEASE_URL + "xception_pytorch_imagenet.pth" in str(info.value)
+
+
+def test_classification_file_loads_and_reports_unused_keys(tmp_path, capsys):
+    state = MobileNetV2().state_dict()
+    state["features.18.0.weight"] = torch.zeros(1280, 320, 1, 1)
+    state["classifier.1.weight"] = torch.zeros(1000, 1280)
+    state["classifier.1.bias"] = torch.zeros(1000)
+    torch.save(state, tmp_path / "mobilenet_v2.pth.tar")
+    backbone = MobileNetV2()
+    unused = pretrained.load_imagenet_backbone(backbone, "mobilenet", model_dir=tmp_path)
+    assert sorted(unused) == ["classifier.1.bias", "classifier.1.weight", "features.18.0.weight"]
+    assert "classifier.1.* (2)" in capsys.readouterr().out
+    assert torch.equal(backbone.state_dict()["features.3.conv.0.weight"], state["features.3.conv.0.weight"])
+
+
+def test_backbone_key_missing_from_file_is_an_error(tmp_path):
+    state = MobileNetV2().state_dict()
+    del state["features.17.conv.7.weight"]
+    torch.save(state, tmp_path / "mobilenet_v2.pth.tar")
+    with pytest.raises(UserError, match="1 keys missing.*features.17.conv.7.weight"):
+        pretrained.load_imagenet_backbone(MobileNetV2(), "mobilenet", model_dir=tmp_path)

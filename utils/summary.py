@@ -1,0 +1,63 @@
+"""Model summary: parameter count and FLOPs of any DeepLabV3+ configuration.
+
+FLOPs come from ``torch.utils.flop_counter`` and count a multiply-add as two
+operations. Run ``python -m utils.summary --backbone xception --downsample-factor 8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, DeepLab
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those that require gradients)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
+    """Forward FLOPs of ``model`` for an input of ``(batch, 3, H, W)`` (multiply-add = 2)."""
+    height, width = (input_size[0], input_size[-1])
+    param = next(model.parameters())
+    x = torch.zeros(batch_size, 3, height, width, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Parameters and FLOPs of a DeepLabV3+ configuration.")
+    parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet")
+    parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=16)
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--input-size", type=int, nargs="+", default=[512], metavar=("H", "W"))
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    if len(args.input_size) > 2 or min(args.input_size) < 16:
+        raise SystemExit("error: --input-size takes H [W], each at least 16")
+    model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor)
+    size = (args.input_size[0], args.input_size[-1])
+    params = count_parameters(model)
+    flops = count_flops(model, size)
+    print(f"DeepLabV3+ {args.backbone}, output stride {args.downsample_factor}, {args.num_classes} classes, "
+          f"input {size[0]}x{size[1]}")
+    print(f"parameters: {params / 1e6:.2f} M ({params:,})")
+    print(f"FLOPs:      {flops / 1e9:.2f} G per image (multiply-add counted as 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))
