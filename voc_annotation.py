@@ -1,0 +1,133 @@
+"""Write the train/val split files of a VOC-layout dataset and check every image/label pair.
+
+Examples::
+
+    python voc_annotation.py                                   # VOCdevkit/VOC2007, 21 VOC classes
+    python voc_annotation.py --data-root data/mine --classes data/mine/classes.txt
+    python voc_annotation.py --data-root data/mine --num-classes 2 --check-only
+    python voc_annotation.py --data-root data/mine --fix-binary  # 0/255 masks -> SegmentationClass_fixed/
+    python voc_annotation.py --data-root data/mine --convert-rgb # VOC colours -> SegmentationClass_converted/
+    python voc_annotation.py --from-labelme json_dir --data-root data/mine --classes classes.txt
+
+Exit status: 0 when everything is fine, 1 when a problem was found, 2 for unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.annotation import (
+    check_dataset,
+    convert_rgb_labels,
+    fix_binary_labels,
+    format_class_table,
+    write_splits,
+)
+from utils.data import VOC_CLASSES, check_layout, read_class_names
+from utils.errors import UserError, run_cli
+from utils.labelme import convert_labelme
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="VOCdevkit/VOC2007",
+                        help="folder holding JPEGImages/, SegmentationClass/, ImageSets/Segmentation/")
+    parser.add_argument("--classes", default=None, help="text file with one class name per line, background first")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="number of classes including background (default: from --classes, else 21)")
+    parser.add_argument("--trainval-percent", type=float, default=1.0,
+                        help="share of the labelled images used for train+val; the rest go to test.txt")
+    parser.add_argument("--train-percent", type=float, default=0.9, help="share of train+val used for training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--force", action="store_true",
+                        help="rewrite existing split files / write into existing output folders")
+    parser.add_argument("--check-only", action="store_true", help="only check; do not write split files")
+    parser.add_argument("--fix-binary", action="store_true",
+                        help="write 0/255 masks as 0/1 labels to SegmentationClass_fixed/ (originals untouched)")
+    parser.add_argument("--convert-rgb", action="store_true",
+                        help="write VOC-palette colour labels as index labels to SegmentationClass_converted/")
+    parser.add_argument("--from-labelme", default=None, metavar="DIR",
+                        help="first import a folder of labelme JSON files into --data-root (needs the class list)")
+    return parser.parse_args(argv)
+
+
+def resolve_classes(classes: str | None, num_classes: int | None) -> list[str]:
+    """Class names from --classes, else the VOC names (21), else generic names for --num-classes."""
+    if classes is not None:
+        names = read_class_names(classes)
+        if num_classes is not None and num_classes != len(names):
+            raise UserError(f"--num-classes {num_classes} disagrees with {classes}, which names {len(names)} "
+                            "classes; drop --num-classes or fix the file")
+        return names
+    if num_classes is None or num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    if not 2 <= num_classes <= 255:
+        raise UserError(f"--num-classes must be between 2 and 255 (background included), got {num_classes}")
+    return ["background", *(f"class_{i}" for i in range(1, num_classes))]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Import (optional), write the splits, check all pairs, print the report and apply the requested fix."""
+    root = Path(args.data_root)
+    class_names = resolve_classes(args.classes, args.num_classes)
+    if args.from_labelme:
+        if args.classes is None:
+            raise UserError("--from-labelme needs --classes FILE (one class name per line, background first) "
+                            "so that shape labels can be turned into class indices")
+        result = convert_labelme(args.from_labelme, root, class_names, force=args.force)
+        print(f"imported {result.written} labelme file(s) from {args.from_labelme} into {root}")
+        for note in result.notes:
+            print(f"note: {note}")
+    check_layout(root)
+
+    if not args.check_only:
+        counts = write_splits(root, args.trainval_percent, args.train_percent, args.seed, force=args.force)
+        split_dir = root / "ImageSets" / "Segmentation"
+        if counts is None:
+            print(f"kept the existing split files in {split_dir} (add --force to rewrite them)")
+        else:
+            print(f"wrote {split_dir}: " + ", ".join(f"{name}.txt {n}" for name, n in counts.items()))
+
+    report = check_dataset(root, len(class_names))
+    print(f"\nchecked {report.pairs} image/label pair(s) in {root}, {len(class_names)} classes")
+    print(format_class_table(report, class_names))
+    absent = [name for i, name in enumerate(class_names) if report.image_counts[i] == 0]
+    if absent and report.pairs:
+        print(f"note: no pixel of class(es) {', '.join(absent)}; check the class list if that is unexpected")
+
+    resolved: set[str] = set()
+    if args.fix_binary:
+        if not report.is_binary:
+            raise UserError("--fix-binary only applies when the labels hold just the values 0 and 255; "
+                            "yours do not (see the table above)")
+        out, count = fix_binary_labels(root, force=args.force)
+        resolved.add("binary")
+        print(f"\nwrote {count} corrected label(s) (255 -> 1) to {out}; the originals are untouched.\n"
+              f"To train on them: rename {root / 'SegmentationClass'} to SegmentationClass_original, rename "
+              f"{out.name} to SegmentationClass, then rerun voc_annotation.py with --num-classes 2 "
+              "(or a --classes file with your two names).")
+    if args.convert_rgb:
+        if not report.rgb_labels:
+            raise UserError("--convert-rgb: no colour (RGB) labels found; nothing to convert")
+        out, count = convert_rgb_labels(root, force=args.force)
+        resolved.add("rgb-labels")
+        print(f"\nwrote {count} index label(s) to {out}; the originals are untouched.\n"
+              f"To train on them: rename {root / 'SegmentationClass'} to SegmentationClass_original, rename "
+              f"{out.name} to SegmentationClass, then rerun voc_annotation.py.")
+
+    for finding in report.findings:
+        tag = "note" if not finding.problem else ("fixed" if finding.kind in resolved else "problem")
+        print(f"\n{tag}: {finding.message}")
+    open_problems = [f for f in report.problems if f.kind not in resolved]
+    if open_problems:
+        print(f"\n{len(open_problems)} problem(s) found; fix them before training.")
+        return 1
+    print("\nno problems found.")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda argv: main(parse_args(argv)))
