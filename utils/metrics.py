@@ -1,36 +1,44 @@
 """Segmentation metrics: a streaming confusion matrix, the scores derived from it, and the report.
 
 Rows of the confusion matrix are ground truth and columns are predictions, counted over the
-pixels whose ground truth lies in ``[0, num_classes)``; everything else (255 = ignore, stray
-values) is left out. A per-class ratio whose denominator is 0 is *undefined* (NaN), not 0: a
-class that appears neither in the ground truth nor in the prediction says nothing about the
-model, so it is left out of the means, printed as "n/a" and written as JSON ``null``. (The
-original tutorial scored such classes as 0, which drags mIoU down on every dataset with
-absent classes.)
+pixels whose ground truth lies in ``[0, num_classes)``; everything else (255 = ignore) is left
+out. ``score_folders`` goes one step further and refuses label values above the classes other
+than 255, like ``utils.data``: they mean a wrong class count, not pixels to ignore.
 
-``score_folders`` scores folders of index PNGs quickly: it decodes with OpenCV where it can
-(much faster than PIL and it releases the GIL, so a thread pool scales over the cores) and
-accumulates each image with a single ``bincount``.
+A per-class ratio whose denominator is 0 is *undefined* (NaN), not 0: a class that appears
+neither in the ground truth nor in the prediction says nothing about the model, so it is left
+out of the means, printed as "n/a" and written as JSON ``null``. (The original tutorial scored
+such classes as 0, which drags mIoU down on every dataset with absent classes.)
+
+``score_folders`` scores folders of index PNGs quickly: a thread pool decodes them (raw
+inflate for unfiltered PNGs, else OpenCV) and counts each pair with one OpenCV ``calcHist``;
+none of these holds the GIL, so the work spreads over the cores (see BENCHMARKS.md, "Scoring
+speed").
+
+matplotlib is imported only when a report is drawn: the training loop imports this module
+for the confusion matrix and should not pay for it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import logging
 import math
 import os
+import threading
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 
 class ConfusionMatrix:
@@ -53,27 +61,14 @@ class ConfusionMatrix:
         ``[0, num_classes)`` are ignored. A prediction outside the classes is a bug upstream
         (or a foreign PNG) and raises ``ValueError`` rather than being folded into another cell.
         """
-        device = self.matrix.device
-        pred_t = torch.as_tensor(pred, device=device)
-        target_t = torch.as_tensor(target, device=device)
-        if pred_t.shape != target_t.shape:
-            raise ValueError(f"prediction shape {tuple(pred_t.shape)} != target shape {tuple(target_t.shape)}")
         c = self.num_classes
-        # int64 before arithmetic: uint8 would wrap in target * C.
-        target_t = target_t.reshape(-1).long()
-        pred_t = pred_t.reshape(-1).long()
-        keep = (target_t >= 0) & (target_t < c)
-        target_t = target_t[keep]
-        pred_t = pred_t[keep]
-        if pred_t.numel() == 0:
-            return
-        # One host sync per update; worth it, since an out-of-range prediction would otherwise
-        # land silently in the next row of the matrix.
-        low, high = torch.aminmax(pred_t)
-        if int(low) < 0 or int(high) >= c:
-            raise ValueError(f"prediction values must lie in [0, {c}), found {int(low)}..{int(high)}")
-        counts = torch.bincount(target_t * c + pred_t, minlength=c * c)
-        self.matrix += counts.reshape(c, c)
+        if self.matrix.device.type == "cpu":
+            # numpy's bincount is several times faster than torch's on the CPU.
+            counts = torch.from_numpy(_count_pairs(_as_numpy(pred), _as_numpy(target), c))
+        else:
+            counts = _count_pairs_torch(torch.as_tensor(pred, device=self.matrix.device),
+                                        torch.as_tensor(target, device=self.matrix.device), c)
+        self.matrix += counts.to(self.matrix.device)
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks; a no-op unless torch.distributed is initialised."""
@@ -87,6 +82,48 @@ class ConfusionMatrix:
     def scores(self) -> Scores:
         """The per-class and overall scores of the counts so far."""
         return compute_scores(self.numpy())
+
+
+def _as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def _check_pred_range(low: int, high: int, num_classes: int) -> None:
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"prediction values must lie in [0, {num_classes}), found {low}..{high}")
+
+
+def _count_pairs(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts of (target, pred) pairs over targets in [0, C), with numpy."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
+    pred, target = pred.ravel(), target.ravel()
+    keep = (target >= 0) & (target < num_classes)
+    if not keep.all():
+        pred, target = pred[keep], target[keep]
+    c = num_classes
+    if pred.size == 0:
+        return np.zeros((c, c), dtype=np.int64)
+    # An out-of-range prediction would otherwise land silently in another cell of the matrix.
+    _check_pred_range(int(pred.min()), int(pred.max()), c)
+    return np.bincount(target.astype(np.intp) * c + pred, minlength=c * c).reshape(c, c).astype(np.int64)
+
+
+def _count_pairs_torch(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The same as :func:`_count_pairs` on the tensors' device (one host sync for the range check)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    c = num_classes
+    # int64 before arithmetic: uint8 would wrap in target * C.
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (target >= 0) & (target < c)
+    target, pred = target[keep], pred[keep]
+    if pred.numel() == 0:
+        return torch.zeros((c, c), dtype=torch.int64, device=pred.device)
+    low, high = torch.aminmax(pred)
+    _check_pred_range(int(low), int(high), c)
+    return torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
 
 
 @dataclass
@@ -124,8 +161,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 def compute_scores(matrix: np.ndarray | torch.Tensor) -> Scores:
     """IoU, recall (= per-class pixel accuracy), precision, F1 and the overall scores of a matrix."""
-    hist = torch.as_tensor(matrix).cpu().numpy().astype(np.float64) if isinstance(matrix, torch.Tensor) \
-        else np.asarray(matrix, dtype=np.float64)
+    hist = _as_numpy(matrix).astype(np.float64)
     if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {hist.shape}")
     tp = np.diag(hist)
@@ -209,8 +245,7 @@ def write_report(
     ``precision``, ``heatmap``).
     """
     _check_names(scores, class_names)
-    hist = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
-    hist = hist.astype(np.int64)
+    hist = _as_numpy(matrix).astype(np.int64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -285,7 +320,7 @@ def _bar_chart(values: np.ndarray, class_names: Sequence[str], title: str, xlabe
         else:
             ax.text(1, y, "n/a", va="center", fontsize=8, color="grey", style="italic")
     ax.set_yticks(positions, labels=list(class_names), fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(n - 0.5, -0.5)  # first class on top; also keeps a trailing bar-less (n/a) row in view
     ax.set_xlim(0, 112)
     ax.set_xlabel(f"{xlabel} (%)")
     ax.set_title(title)
@@ -307,8 +342,7 @@ def _heat_map(hist: np.ndarray, class_names: Sequence[str], path: Path) -> None:
     size = max(4.0, 0.45 * n + 2.5)
     fig = _new_figure(size + 1.0, size)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["Blues"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
     ticks = np.arange(n)
@@ -330,34 +364,133 @@ def _heat_map(hist: np.ndarray, class_names: Sequence[str], path: Path) -> None:
     fig.savefig(path)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PROBE_ROWS = 16
+_CALCHIST_MAX_PIXELS = 2**24  # float32 bins count exactly up to here
+
+
 def read_index_png(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel 8-bit PNG of class indices (grey or palette) as (H, W) uint8.
 
-    Grey PNGs are decoded by OpenCV, several times faster than PIL. OpenCV expands palette
-    PNGs (how VOC ships its labels) to colour, so those go through PIL, which keeps the indices.
+    Raises ``UserError`` naming the file for colour, 16-bit, unreadable or corrupt files.
     """
-    path = Path(path)
+    return np.ascontiguousarray(_read_index(Path(path)))
+
+
+def _read_index(path: Path) -> np.ndarray:
+    """``read_index_png`` without the final copy: the array may be a view with padded rows.
+
+    Three decoders, fastest first, none of which holds the GIL while it works, so a thread
+    pool scales over the cores:
+
+    1. 8-bit PNGs whose rows are stored unfiltered (palette PNGs as PIL and most tools write
+       them, hence VOC labels and our predictions): raw inflate of the pixel stream, whose
+       rows are the indices. This skips zlib's Adler-32 pass over the output, a sizeable
+       share of the decode; the PNG's own CRC-32 of every IDAT chunk is checked instead.
+    2. Other 8-bit grey or palette PNGs: OpenCV. It expands palettes to colour, so palette
+       files are first relabelled as grey in memory (see ``_palette_as_grey``).
+    3. Anything else (1/2/4-bit, non-PNG): PIL, which also explains what is wrong.
+    """
     try:
-        data = path.read_bytes()
+        with open(path, "rb", buffering=0) as handle:
+            data = handle.readall()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    # IHDR sits right after the 8-byte signature: bit depth at byte 24, colour type at byte 25.
-    is_png = data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25
-    if is_png and data[24] == 8 and data[25] == 0:
-        import cv2
-
-        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if array is None:
-            raise UserError(f"cannot decode {path}: the PNG is corrupt")
-        return array
+    # IHDR sits right after the signature: bit depth at byte 24, colour type at byte 25.
+    if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[24] == 8 and data[25] in (0, 3):
+        chunks = _png_chunks(data)
+        if chunks is not None:
+            array = _inflate_unfiltered(data, chunks)
+            if array is not None:
+                return array
+            png = data if data[25] == 0 else _palette_as_grey(data, chunks)
+            array = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+            if array is not None and array.ndim == 2 and array.dtype == np.uint8:
+                return array
     return _read_index_pil(path, data)
 
 
+def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """``(type, start, end)`` of each chunk's payload up to IEND, or None if the file is cut short."""
+    chunks = []
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return None
+        chunks.append((kind, pos + 8, end))
+        if kind == b"IEND":
+            return chunks if chunks[0][0] == b"IHDR" and end - chunks[0][1] >= 13 else None
+        pos = end + 4
+    return None
+
+
+def _inflate_unfiltered(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np.ndarray | None:
+    """The (H, W) pixels of a non-interlaced 8-bit one-channel PNG whose rows are all unfiltered.
+
+    Returns None whenever this shortcut does not apply (filtered or interlaced rows, a bad
+    CRC, a damaged stream), and the caller falls back to a full decoder, which reports errors.
+    """
+    start = chunks[0][1]
+    width = int.from_bytes(data[start:start + 4], "big")
+    height = int.from_bytes(data[start + 4:start + 8], "big")
+    # compression method, filter method and interlace must all be 0 (deflate, adaptive, none).
+    # A damaged header must not make us reserve gigabytes: leave odd sizes to the full decoder.
+    if data[start + 10:start + 13] != b"\x00\x00\x00" or not 0 < (width + 1) * height <= 2**31:
+        return None
+    parts = []
+    for kind, begin, end in chunks:
+        if kind == b"IDAT":
+            if zlib.crc32(data[begin - 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+                return None
+            parts.append(data[begin:end])
+    stream = b"".join(parts)
+    # A zlib stream: deflate method, no preset dictionary, valid header check.
+    if len(stream) < 2 or stream[0] & 0x0F != 8 or stream[1] & 0x20 or ((stream[0] << 8) | stream[1]) % 31:
+        return None
+    stride = width + 1  # each row is a filter-type byte and then the pixels
+    try:
+        # Encoders filter grey rows but (as the PNG spec advises) rarely palette rows: for grey
+        # files look at the first rows' filter bytes before inflating everything, so filtered
+        # ones go straight to the full decoder.
+        if data[start + 9] == 0:
+            head = zlib.decompressobj(-15).decompress(stream[2:], stride * min(height, _PROBE_ROWS))
+            if any(head[::stride]):
+                return None
+        # One-shot decompress releases the GIL (decompressobj does not); wbits=-15 reads the raw
+        # deflate data, leaving out the zlib header and the Adler-32 trailer.
+        raw = zlib.decompress(stream[2:], -15, stride * height)
+    except zlib.error:
+        return None
+    if len(raw) != stride * height:
+        return None
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
+    if rows[:, 0].any():
+        return None
+    return rows[:, 1:]
+
+
+def _palette_as_grey(data: bytes, chunks: list[tuple[bytes, int, int]]) -> bytes:
+    """The same 8-bit PNG with its colour type set to grey.
+
+    In an 8-bit palette PNG every pixel is stored as its one-byte palette index, exactly like
+    an 8-bit grey pixel, so relabelling IHDR (and dropping the palette-only chunks such as
+    PLTE and tRNS) makes any PNG decoder return the indices themselves. Only this in-memory
+    copy is changed.
+    """
+    out = [data[:8]]
+    for kind, begin, end in chunks:
+        if kind == b"IHDR":
+            body = data[begin:begin + 9] + b"\x00" + data[begin + 10:end]
+            out.append(data[begin - 8:begin] + body + zlib.crc32(kind + body).to_bytes(4, "big"))
+        elif kind in (b"IDAT", b"IEND"):
+            out.append(data[begin - 8:end + 4])
+    return b"".join(out)
+
+
 def _read_index_pil(path: Path, data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.mode not in ("L", "P"):
@@ -374,28 +507,47 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}"
 
 
-def _score_pair(gt_path: Path, pred_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Confusion counts of one prediction/ground-truth pair, plus the stray ground-truth values."""
-    gt = read_index_png(gt_path)
-    pred = read_index_png(pred_path)
+def _score_pair(gt_path: Path, pred_path: Path, num_classes: int) -> np.ndarray:
+    """Confusion counts (C, C) of one prediction/ground-truth pair, after checking both files."""
+    gt = _read_index(gt_path)
+    pred = _read_index(pred_path)
     if gt.shape != pred.shape:
         raise UserError(
-            f"prediction {pred_path} is {_size(pred)} (WxH) but its ground truth {gt_path} is {_size(gt)}; "
-            "predictions must be at the original resolution"
+            f"prediction {pred_path} is {_size(pred)} but its ground truth {gt_path} is {_size(gt)} "
+            "(width x height); predictions must be at the ground truth's resolution"
         )
-    # gt * 256 + pred fits uint16 and indexes the full 256x256 joint histogram, so a single
-    # bincount both counts the pixels and reveals out-of-range predictions, whatever the labels.
-    joint = np.bincount(((gt.astype(np.uint16) << 8) | pred).ravel(), minlength=65536).reshape(256, 256)
-    bad = np.flatnonzero(joint[:, num_classes:].any(axis=0)) + num_classes
-    if bad.size:
+    # One vectorised scan; the offending values are only listed on the error path.
+    if float(cv2.minMaxLoc(pred)[1]) >= num_classes:
         raise UserError(
-            f"prediction {pred_path} has values {_list(bad.tolist())} outside the {num_classes} classes "
-            f"[0, {num_classes}); check --num-classes / --classes"
+            f"prediction {pred_path} holds value(s) {_list(np.unique(pred[pred >= num_classes]).tolist())} but "
+            f"there are only {num_classes} classes (0..{num_classes - 1}); check --num-classes / --classes"
         )
-    rows = joint.any(axis=1)
-    rows[:num_classes] = False
-    rows[255] = False
-    return joint[:num_classes, :num_classes].astype(np.int64), np.flatnonzero(rows)
+    joint = _joint_histogram(gt, pred, num_classes)
+    # Same rule as utils.data: a label value above the classes (other than 255) means a wrong
+    # class count or a broken label, and silently ignoring it would inflate the scores.
+    stray = np.flatnonzero(joint[num_classes:255].any(axis=1)) + num_classes
+    if stray.size:
+        raise UserError(
+            f"ground truth {gt_path} holds value(s) {_list(stray.tolist())} but there are only {num_classes} "
+            f"classes (0..{num_classes - 1}, 255 = ignore); check --num-classes / --classes"
+        )
+    return joint[:num_classes]
+
+
+def _joint_histogram(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 counts of (ground truth, prediction) pairs: one row per label value below 255
+    (every value when there are 256 classes), one column per class.
+
+    Rows at and above ``num_classes`` expose stray label values; 255 (ignore) has no row.
+    OpenCV's 2-D calcHist over unit bins does it in one pass without holding the GIL. It
+    counts in float32, exact below 2**24 pixels, so bigger images take numpy's bincount.
+    """
+    c = num_classes
+    rows = max(255, c)
+    if gt.size < _CALCHIST_MAX_PIXELS:
+        return cv2.calcHist([gt, pred], [0, 1], None, [rows, c], [0, rows, 0, c]).astype(np.int64)
+    flat = np.bincount(gt.astype(np.intp).ravel() * c + pred.ravel(), minlength=256 * c)
+    return flat.reshape(256, c)[:rows]
 
 
 def _list(values: Sequence, limit: int = 5) -> str:
@@ -415,8 +567,8 @@ def score_folders(
     Every file is checked before any decoding starts, so a missing file is reported at once.
     Raises ``UserError`` naming the file for: a missing prediction folder, missing ground truth
     or predictions, a size mismatch (both sizes given), prediction values outside the classes,
-    and unreadable or non-index PNGs. Ground-truth values outside the classes other than 255
-    are ignored like 255, with a warning since they usually mean a wrong class count.
+    ground-truth values outside the classes other than 255 (255 is ignored), and unreadable or
+    non-index PNGs.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if not pred_dir.is_dir():
@@ -438,21 +590,30 @@ def score_folders(
             f"{len(missing_pred)} prediction(s) missing from {pred_dir}: {_list([s + '.png' for s in missing_pred])}"
             "; run --mode predict on this split first"
         )
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    stray: set[int] = set()
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(stems)))
+    # One task per worker over an interleaved share of the pairs: a future per pair costs more
+    # than the bookkeeping is worth. A failing pair stops every worker once it passes that index,
+    # and the error of the earliest bad pair in split order is the one raised.
+    first_error: list = [len(stems), None]
+    lock = threading.Lock()
 
-    def job(stem: str) -> tuple[np.ndarray, np.ndarray]:
-        return _score_pair(gt_dir / f"{stem}.png", pred_dir / f"{stem}.png", num_classes)
+    def work(indices: range) -> np.ndarray:
+        counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+        for i in indices:
+            if i > first_error[0]:
+                break
+            stem = stems[i]
+            try:
+                counts += _score_pair(gt_dir / f"{stem}.png", pred_dir / f"{stem}.png", num_classes)
+            except UserError as exc:
+                with lock:
+                    if i < first_error[0]:
+                        first_error[:] = [i, exc]
+                break
+        return counts
 
-    # map() yields in split order, so the first bad file in the split is the one reported.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for counts, stray_values in pool.map(job, stems):
-            matrix += counts
-            stray.update(stray_values.tolist())
-    if stray:
-        logger.warning(
-            "ground truth in %s has values %s outside the %d classes (and not 255); they were ignored. "
-            "Check --num-classes / --classes.", gt_dir, _list(sorted(stray)), num_classes,
-        )
-    return matrix
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(work, [range(w, len(stems), workers) for w in range(workers)]))
+    if first_error[1] is not None:
+        raise first_error[1]
+    return np.sum(parts, axis=0, dtype=np.int64)

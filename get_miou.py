@@ -1,0 +1,137 @@
+"""Evaluate a DeepLabV3+ model on a split: mIoU, mPA, accuracy, fwIoU, per-class table and plots.
+
+Examples::
+
+    python get_miou.py --weights logs/best.pth                       # predict VOC2007 val and score it
+    python get_miou.py --weights logs/best.pth --tta                 # flip + scales 0.75/1/1.25
+    python get_miou.py --weights logs/best.pth --mode predict        # only write the index PNGs
+    python get_miou.py --mode eval --classes model_data/classes.txt  # score PNGs already in --pred-dir
+
+Modes: ``predict`` writes one index PNG per image (original resolution, palette mode, pixel
+value = class index) into ``--pred-dir``; ``eval`` scores the PNGs in ``--pred-dir`` against
+``SegmentationClass``; ``all`` (default) predicts and scores in memory, and also writes the
+PNGs so that ``--mode eval`` can re-score them later. The report goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
+from utils.data import read_class_names
+from utils.errors import UserError, run_cli
+from utils.evaluation import default_class_names, predict_split, score_split
+from utils.metrics import ConfusionMatrix, compute_scores, format_summary, format_table, write_report
+from utils.predictor import Predictor
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more positive scales, e.g. 0.75,1.0,1.25")
+    return scales
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate a DeepLabV3+ model: mIoU, mPA, accuracy, per-class "
+                                     "table, plots and metrics.json.")
+    parser.add_argument("--weights", help="checkpoint from train.py or an original release .pth "
+                        "(needed by --mode all/predict; in eval mode only used for the class names)")
+    parser.add_argument("--data-root", default="VOCdevkit/VOC2007",
+                        help="dataset in the VOC layout (default: %(default)s)")
+    parser.add_argument("--split", default="val", help="split file ImageSets/Segmentation/<split>.txt "
+                        "(default: %(default)s)")
+    parser.add_argument("--mode", choices=("all", "predict", "eval"), default="all",
+                        help="all: predict and score (default); predict: only write PNGs; "
+                        "eval: score the PNGs in --pred-dir")
+    parser.add_argument("--out", default="miou_out", help="report folder (default: %(default)s)")
+    parser.add_argument("--pred-dir", help="prediction PNGs (default: <out>/detection-results)")
+    parser.add_argument("--classes", metavar="FILE", help="class names, one per line, background first "
+                        "(default: from the checkpoint; eval without --weights: the 21 VOC classes)")
+    parser.add_argument("--num-classes", type=_positive, help="number of classes when there is no --classes "
+                        "file (default: from the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive, default=4,
+                        help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average horizontal flip and --tta-scales")
+    parser.add_argument("--tta-scales", type=_scales, default=(0.75, 1.0, 1.25), metavar="S1,S2,...",
+                        help="input-size scales for --tta (default: 0.75,1.0,1.25)")
+    parser.add_argument("--workers", type=_positive, help="threads that decode PNGs in eval mode "
+                        "(default: the CPU count)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def _flag_class_names(args: argparse.Namespace) -> list[str] | None:
+    """Class names given on the command line (--classes, checked against --num-classes), or None."""
+    if args.classes is None:
+        return None
+    names = read_class_names(args.classes)
+    if args.num_classes is not None and args.num_classes != len(names):
+        raise UserError(f"--classes {args.classes} lists {len(names)} classes but --num-classes is "
+                        f"{args.num_classes}; drop one of the two or make them agree")
+    return names
+
+
+def _checkpoint_class_names(weights: str, num_classes: int | None, names: list[str] | None) -> list[str]:
+    """Class names for eval mode with --weights: read the checkpoint's config, without building the model."""
+    state, saved = split_checkpoint(read_weights_file(weights), weights)
+    config = resolve_config(state, saved, weights, num_classes=num_classes, class_names=names)
+    return list(config.get("class_names") or default_class_names(config["num_classes"]))
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    pred_dir = Path(args.pred_dir) if args.pred_dir else out / "detection-results"
+    names = _flag_class_names(args)
+
+    if args.mode == "eval":
+        if args.weights:
+            names = _checkpoint_class_names(args.weights, args.num_classes, names)
+        elif names is None:
+            names = default_class_names(args.num_classes or 21)
+        matrix = score_split(args.data_root, args.split, pred_dir, len(names), workers=args.workers)
+        print(f"scored {pred_dir} against {Path(args.data_root) / 'SegmentationClass'} ({args.split} split)")
+    else:
+        if not args.weights:
+            raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
+        predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
+                                           num_classes=args.num_classes, class_names=names)
+        if not predictor.config.get("class_names"):
+            predictor.class_names = default_class_names(predictor.num_classes)
+        names = predictor.class_names
+        # Masks arrive on the host as uint8 arrays; numpy counts them fastest there.
+        confusion = ConfusionMatrix(predictor.num_classes) if args.mode == "all" else None
+        count = predict_split(predictor, args.data_root, args.split, pred_dir, confusion, tta=args.tta,
+                              scales=args.tta_scales, progress=not args.no_progress)
+        print(f"wrote {count} prediction PNG(s) to {pred_dir}")
+        if confusion is None:
+            return 0
+        matrix = confusion.numpy()
+
+    scores = compute_scores(matrix)
+    print(format_table(scores, names))
+    print(format_summary(scores))
+    write_report(scores, matrix, names, out)
+    print(f"report: {out / 'metrics.json'}, confusion_matrix.csv/.png, mIoU/mPA/Recall/Precision.png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda argv: main(parse_args(argv)))
