@@ -1,0 +1,126 @@
+"""Segment images, folders, videos or a camera with a trained DeepLabV3+; FPS benchmark; ONNX export/run.
+
+Examples::
+
+    python predict.py --weights logs/best.pth img/street.jpg          # -> img_out/street.jpg
+    python predict.py --weights logs/best.pth photos/ --out results    # folders recursively, structure kept
+    python predict.py --weights logs/best.pth                          # asks for file names
+    python predict.py --weights logs/best.pth --video clip.mp4 --save out.mp4
+    python predict.py --weights logs/best.pth --video 0 --show         # camera 0
+    python predict.py --weights logs/best.pth --fps 100
+    python predict.py --weights logs/best.pth --export-onnx model.onnx --dynamic
+    python predict.py --onnx model.onnx img/street.jpg
+
+All modes share :class:`utils.predictor.Predictor`; drawing is in :mod:`utils.visualize`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError, run_cli
+from utils.onnx_export import DEFAULT_OPSET, EXPORTERS
+from utils.prediction import (
+    Run,
+    build_predictor,
+    export,
+    find_images,
+    fps_benchmark,
+    interactive,
+    predict_jobs,
+    report_counts,
+    run_video,
+)
+from utils.predictor import PRECISIONS, resolve_device
+from utils.visualize import MIX_MODES
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict segmentation masks with DeepLabV3+ for images, folders, videos or a camera.")
+    parser.add_argument("inputs", nargs="*", help="images and/or folders (searched recursively); "
+                        "none: asks for file names interactively")
+    parser.add_argument("--weights", default="model_data/deeplab_mobilenetv2.pth",
+                        help="checkpoint from train.py or an original release .pth (default: %(default)s)")
+    parser.add_argument("--onnx", metavar="PATH", help="run this ONNX model with ONNX Runtime instead of PyTorch")
+    parser.add_argument("--out", default="img_out", help="output folder for images (default: %(default)s)")
+    parser.add_argument("--video", metavar="PATH|CAMERA_INDEX", help="a video file, or a camera index like 0")
+    parser.add_argument("--save", metavar="OUT.mp4", help="video mode: write the result video here")
+    parser.add_argument("--show", action="store_true", help="video mode: show the result in a window (q quits)")
+    parser.add_argument("--fps", nargs="?", type=int, const=100, metavar="N",
+                        help="latency benchmark: N runs (default 100) on one image (the first input, else synthetic)")
+    parser.add_argument("--export-onnx", metavar="PATH", help="export the model to ONNX and verify it")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX export: dynamic batch, height and width")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
+                        help="ONNX exporter (default: %(default)s, fast; dynamo is slower, same graph)")
+    parser.add_argument("--no-simplify", action="store_true", help="ONNX export: skip onnxsim even if installed")
+    parser.add_argument("--mix", choices=MIX_MODES, default="blend",
+                        help="blend with the image, colour mask only, or objects cut out on black")
+    parser.add_argument("--alpha", type=float, default=0.7, help="blend: weight of the colour mask (default 0.7)")
+    parser.add_argument("--count", action="store_true", help="print and save (counts.csv) per-class pixel counts")
+    parser.add_argument("--save-mask", action="store_true", help="also write the class-index PNG (<name>_mask.png)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: scales 0.75/1/1.25 and flips")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fastest",
+                        help="fastest (default): fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "
+                        "auto: like fastest but fp32 on every CPU; or force fp32/fp16/bf16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: all cores)")
+    parser.add_argument("--classes", metavar="FILE", help="class names, one per line; must match the checkpoint")
+    parser.add_argument("--downsample-factor", type=int, choices=(8, 16), help="override the output stride")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"),
+                        help="network input size (default: the checkpoint's, else 512 512)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.input_size is not None:
+        if len(args.input_size) > 2 or min(args.input_size) < 16:
+            parser.error("--input-size takes H [W], each at least 16")
+        args.input_size = [args.input_size[0], args.input_size[-1]]
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.fps is not None and args.fps < 1:
+        parser.error("--fps N needs N >= 1")
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resolve_device(args.device)  # fail early on an impossible --device
+    if args.export_onnx:
+        export(args)
+        if not (args.inputs or args.video or args.fps):
+            return 0
+    predictor = build_predictor(args)
+    run = Run()
+    out_dir = Path(args.out)
+    if args.fps:
+        fps_benchmark(predictor, args)
+        return 0
+    if args.video is not None:
+        run_video(predictor, args, run)
+    elif args.inputs:
+        jobs, run.failures = find_images(args.inputs, out_dir)
+        if not jobs:
+            raise UserError("; ".join(run.failures) if run.failures else "no images given")
+        predict_jobs(jobs, predictor, args, run)
+        print(f"{run.segmented} image(s) segmented -> {out_dir}/")
+    else:
+        interactive(predictor, args, run)
+    if args.count:
+        report_counts(run, predictor, out_dir)
+    if run.failures:
+        for failure in run.failures:
+            print(f"error: {failure}", file=sys.stderr)
+        print(f"{len(run.failures)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda argv: main(parse_args(argv)))
