@@ -1,0 +1,108 @@
+"""Train DeepLabV3+ on a dataset in the VOC layout (one process, or many through torchrun).
+
+    python train.py --demo                                  # synthetic data, CPU, a few minutes
+    python train.py --data-root VOCdevkit/VOC2007 --pretrained
+    torchrun --nproc_per_node=4 train.py --pretrained --sync-bn --amp
+
+See the README for the full list of examples; the loop itself lives in utils/training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS
+from nets.losses import LOSSES
+from utils.errors import UserError, run_cli
+from utils.training import LR_SCHEDULES, OPTIMIZERS, run_training, validate_args
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one ``error:`` line, exit code 2)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python train.py --help)")
+
+
+def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
+    """The train.py parser; with ``track_given`` no defaults are set, so the result holds only given flags."""
+
+    def default(value):
+        return argparse.SUPPRESS if track_given else value
+
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     argument_default=argparse.SUPPRESS if track_given else None)
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--data-root", default=default("VOCdevkit/VOC2007"),
+                      help="dataset in the VOC layout [%(default)s]")
+    data.add_argument("--classes", metavar="FILE", default=default(None),
+                      help="class names, one per line, background first (sets the class count)")
+    data.add_argument("--num-classes", type=int, default=default(21), help="number of classes [%(default)s]")
+    data.add_argument("--backbone", choices=BACKBONES, default=default("mobilenet"), help="[%(default)s]")
+    data.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=default(16),
+                      help="backbone output stride [%(default)s]")
+    data.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"), default=default([512]),
+                      help="network input height [and width] [512]")
+    data.add_argument("--pretrained", action="store_true", default=default(False),
+                      help="start from the ImageNet backbone weights (model_data/, downloaded when absent)")
+    data.add_argument("--weights", metavar="PATH", default=default(None),
+                      help="initial whole-model weights; what matches is loaded and the rest reported")
+    sched = parser.add_argument_group("schedule")
+    sched.add_argument("--epochs", type=int, default=default(100), help="total epochs [%(default)s]")
+    sched.add_argument("--freeze-epochs", type=int, default=default(50),
+                       help="epochs with the backbone frozen, 0 for none [%(default)s]")
+    sched.add_argument("--freeze-batch-size", type=int, default=default(8),
+                       help="batch size while frozen (all processes together) [%(default)s]")
+    sched.add_argument("--batch-size", type=int, default=default(4),
+                       help="batch size after unfreezing (all processes together) [%(default)s]")
+    sched.add_argument("--optimizer", choices=OPTIMIZERS, default=default("sgd"), help="[%(default)s]")
+    sched.add_argument("--lr", type=float, default=default(7e-3),
+                       help="initial learning rate for batch 16, scaled to the batch size [%(default)s]")
+    sched.add_argument("--min-lr", type=float, default=default(None), help="final learning rate [lr/100]")
+    sched.add_argument("--momentum", type=float, default=default(0.9), help="[%(default)s]")
+    sched.add_argument("--weight-decay", type=float, default=default(1e-4), help="[%(default)s]")
+    sched.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=default("cos"), help="[%(default)s]")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--loss", choices=LOSSES, default=default("ce"), help="[%(default)s]")
+    loss.add_argument("--dice", action="store_true", default=default(False), help="add the dice loss")
+    loss.add_argument("--class-weights", default=default(None), metavar="W0,W1,...|auto",
+                      help="per-class loss weights, or auto (median frequency over the training labels)")
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--amp", action="store_true", default=default(False),
+                    help="mixed precision: fp16 + gradient scaler on CUDA, bf16 on the CPU")
+    hw.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:N [%(default)s]")
+    hw.add_argument("--workers", type=int, default=default(4), help="data loader processes [%(default)s]")
+    hw.add_argument("--sync-bn", action="store_true", default=default(False),
+                    help="synchronised BatchNorm across GPUs under torchrun")
+    run = parser.add_argument_group("run")
+    run.add_argument("--save-dir", default=default(None), help="output folder [logs/<timestamp>]")
+    run.add_argument("--save-period", type=int, default=default(5), help="write epoch_NNN.pth every N [%(default)s]")
+    run.add_argument("--eval-period", type=int, default=default(5),
+                     help="validation loss and mIoU every N epochs (and after the last) [%(default)s]")
+    run.add_argument("--seed", type=int, default=default(11), help="[%(default)s]")
+    run.add_argument("--resume", metavar="PATH|auto", default=default(None),
+                     help="continue a run from a checkpoint; auto = <save-dir>/last.pth")
+    run.add_argument("--demo", action="store_true", default=default(False),
+                     help="generate the synthetic demo dataset if missing and train a small CPU configuration")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line (every bad value is a UserError naming its flag)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    given = set(vars(build_parser(track_given=True).parse_args(argv)))
+    args.argv = argv
+    return validate_args(args, given)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train; returns 0, or 130 after Ctrl-C (last.pth saved)."""
+    return run_training(args)
+
+
+if __name__ == "__main__":
+    run_cli(lambda argv: main(parse_args(argv)))
