@@ -37,10 +37,10 @@ from PIL import Image
 
 from bench.common import machine_description, matmul_gflops
 from nets.deeplabv3_plus import BACKBONES, DeepLab
-from predict import write_image
 from utils.data import load_image, voc_palette
 from utils.fuse import fuse_bn
 from utils.onnx_export import export_onnx, make_session
+from utils.prediction import write_image
 from utils.predictor import OnnxBackend, Predictor
 from utils.summary import count_flops
 from utils.visualize import make_palette, mix

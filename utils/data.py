@@ -60,10 +60,13 @@ def voc_palette() -> list[int]:
     return palette
 
 
-def save_label(label: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a class-index label as a palette PNG with the VOC colours (indices stay the pixel values)."""
+def save_label(label: np.ndarray, path: str | os.PathLike, palette: Sequence[int] | None = None) -> None:
+    """Write a class-index label as a palette PNG (indices stay the pixel values).
+
+    ``palette`` is a flat ``[r, g, b, ...]`` list; the VOC colours by default.
+    """
     image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="L").convert("P")
-    image.putpalette(voc_palette())
+    image.putpalette(list(palette) if palette is not None else voc_palette())
     image.save(path, format="PNG")
 
 

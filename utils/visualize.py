@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from utils.data import voc_palette
+from utils.data import save_label, voc_palette
 
 MIX_MODES = ("blend", "mask", "cutout")
 VOC_PALETTE_CLASSES = 21
@@ -122,6 +121,4 @@ def save_index_png(mask: np.ndarray, path: str | Path, palette: np.ndarray | Non
         palette = make_palette(max(int(mask.max()) + 1, 1))
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[:len(palette)] = palette[:256]
-    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
-    image.putpalette(flat.ravel().tolist())
-    image.save(path, format="PNG")
+    save_label(mask, path, palette=flat.ravel().tolist())
