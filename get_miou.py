@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
-from utils.data import read_class_names
+from utils.data import default_class_names, read_class_names
 from utils.errors import UserError, run_cli
-from utils.evaluation import default_class_names, predict_split, score_split
+from utils.evaluation import predict_split, score_split
 from utils.metrics import ConfusionMatrix, compute_scores, format_summary, format_table, write_report
 from utils.predictor import Predictor
 
@@ -48,6 +48,7 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (``argv`` without the program name; None reads ``sys.argv``)."""
     parser = argparse.ArgumentParser(description="Evaluate a DeepLabV3+ model: mIoU, mPA, accuracy, per-class "
                                      "table, plots and metrics.json.")
     parser.add_argument("--weights", help="checkpoint from train.py or an original release .pth "
@@ -97,6 +98,11 @@ def _checkpoint_class_names(weights: str, num_classes: int | None, names: list[s
 
 
 def main(args: argparse.Namespace) -> int:
+    """Predict and/or score the split as ``args.mode`` says, print the table and write the report; return 0.
+
+    Raises :class:`UserError` for anything the user can fix (missing weights or predictions,
+    class lists that disagree, a --pred-dir that is the dataset's own label or image folder).
+    """
     out = Path(args.out)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out / "detection-results"
     names = _flag_class_names(args)
@@ -113,8 +119,6 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
         predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
                                            num_classes=args.num_classes, class_names=names)
-        if not predictor.config.get("class_names"):
-            predictor.class_names = default_class_names(predictor.num_classes)
         names = predictor.class_names
         # Masks arrive on the host as uint8 arrays; numpy counts them fastest there.
         confusion = ConfusionMatrix(predictor.num_classes) if args.mode == "all" else None

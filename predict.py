@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError, run_cli
+from utils.distributed import resolve_device
+from utils.errors import ArgumentParser, UserError, run_cli
 from utils.onnx_export import DEFAULT_OPSET, EXPORTERS
 from utils.prediction import (
     Run,
@@ -36,12 +37,12 @@ from utils.prediction import (
     report_counts,
     run_video,
 )
-from utils.predictor import PRECISIONS, resolve_device
+from utils.predictor import PRECISIONS
 from utils.visualize import MIX_MODES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Predict segmentation masks with DeepLabV3+ for images, folders, videos or a camera.")
     parser.add_argument("inputs", nargs="*", help="images and/or folders (searched recursively); "
                         "none: asks for file names interactively")
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     if args.video is not None:
         run_video(predictor, args, run)
     elif args.inputs:
-        jobs, run.failures = find_images(args.inputs, out_dir)
+        jobs, run.failures = find_images(args.inputs, out_dir, args.save_mask)
         if not jobs:
             raise UserError("; ".join(run.failures) if run.failures else "no images given")
         predict_jobs(jobs, predictor, args, run)

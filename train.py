@@ -14,15 +14,8 @@ from collections.abc import Sequence
 
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS
 from nets.losses import LOSSES
-from utils.errors import UserError, run_cli
+from utils.errors import ArgumentParser, run_cli
 from utils.training import LR_SCHEDULES, OPTIMIZERS, run_training, validate_args
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UserError (one ``error:`` line, exit code 2)."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see python train.py --help)")
 
 
 def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
@@ -31,8 +24,8 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     def default(value):
         return argparse.SUPPRESS if track_given else value
 
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     argument_default=argparse.SUPPRESS if track_given else None)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            argument_default=argparse.SUPPRESS if track_given else None)
     data = parser.add_argument_group("data and model")
     data.add_argument("--data-root", default=default("VOCdevkit/VOC2007"),
                       help="dataset in the VOC layout [%(default)s]")

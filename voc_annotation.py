@@ -25,7 +25,7 @@ from utils.annotation import (
     format_class_table,
     write_splits,
 )
-from utils.data import VOC_CLASSES, check_layout, read_class_names
+from utils.data import VOC_CLASSES, check_layout, default_class_names, read_class_names
 from utils.errors import UserError, run_cli
 from utils.labelme import convert_labelme
 
@@ -62,11 +62,11 @@ def resolve_classes(classes: str | None, num_classes: int | None) -> list[str]:
             raise UserError(f"--num-classes {num_classes} disagrees with {classes}, which names {len(names)} "
                             "classes; drop --num-classes or fix the file")
         return names
-    if num_classes is None or num_classes == len(VOC_CLASSES):
+    if num_classes is None:
         return list(VOC_CLASSES)
     if not 2 <= num_classes <= 255:
         raise UserError(f"--num-classes must be between 2 and 255 (background included), got {num_classes}")
-    return ["background", *(f"class_{i}" for i in range(1, num_classes))]
+    return default_class_names(num_classes)
 
 
 def main(args: argparse.Namespace) -> int:

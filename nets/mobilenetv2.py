@@ -31,11 +31,11 @@ def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int = 1, dilation: i
 class InvertedResidual(nn.Module):
     """MobileNetV2 block; ``use_residual`` is decided by the ImageNet stride, as in the release."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int = 1,
-                 use_residual: bool | None = None) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int = 1, *,
+                 use_residual: bool) -> None:
         super().__init__()
         hidden = inp * expand_ratio
-        self.use_residual = (stride == 1 and inp == oup) if use_residual is None else use_residual
+        self.use_residual = use_residual
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers += _conv_bn_relu6(inp, hidden, 1)

@@ -116,3 +116,20 @@ def test_strict_load_explains_class_mismatch(mobilenet21):
 def test_strict_load_explains_backbone_mismatch(mobilenet21):
     with pytest.raises(UserError, match="holds a mobilenet model, but the model is xception"):
         load_weights(DeepLab(21, "xception"), mobilenet21.state_dict(), strict=True)
+
+
+def test_saved_and_copied_checkpoints_get_normal_permissions(tmp_path):
+    import os
+
+    from utils.checkpoint import copy_checkpoint, save_checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        last = save_checkpoint({"epoch": 3}, tmp_path / "last.pth")
+        best = copy_checkpoint(last, tmp_path / "best.pth")
+    finally:
+        os.umask(umask)
+    assert best.read_bytes() == last.read_bytes()
+    assert torch.load(best, weights_only=True) == {"epoch": 3}
+    assert [oct(p.stat().st_mode & 0o777) for p in (last, best)] == [oct(0o644)] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]

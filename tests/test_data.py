@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import numpy as np
 import pytest
@@ -15,10 +16,13 @@ from utils.data import (
     SegmentationDataset,
     augment,
     build_loader,
+    default_class_names,
     letterbox,
     load_image,
     load_label,
+    parse_split_file,
     read_class_names,
+    read_split,
     set_loader_epoch,
     to_device,
     worker_seed,
@@ -356,3 +360,31 @@ def test_to_device():
     x, y = to_device(images, labels, "cpu", channels_last=True)
     assert x.dtype == torch.float32 and x.max().item() == 1.0 and x.min().item() == 0.0
     assert y.dtype == torch.int64 and y.tolist() == [[[1, 255]]]
+
+
+def test_parse_split_file_takes_first_token_and_drops_image_extensions(tmp_path):
+    split = tmp_path / "ImageSets" / "Segmentation" / "train.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("\ufeffa.png\n\n  b 1\nc.JPG -1\nd.json\n", encoding="utf-8")
+    assert parse_split_file(split) == ["a", "b", "c", "d.json"]
+    assert read_split(tmp_path, "train") == ["a", "b", "c", "d.json"]
+
+
+def test_default_class_names_one_rule():
+    assert default_class_names(21) == list(VOC_CLASSES)
+    assert default_class_names(3) == ["background", "class_1", "class_2"]
+
+
+def test_in_process_loading_leaves_the_global_generators_alone():
+    """workers=0: only the dataset's generator is seeded, not random/numpy/torch of the training process."""
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone())
+    loader = build_loader(_RandomValues(6), 2, train=True, workers=0, seed=7)
+    first = _draws(loader)
+    set_loader_epoch(loader, 0)
+    assert _draws(loader) == first  # the dataset's own stream is still a function of (seed, epoch)
+    assert random.getstate() == before[0]
+    assert np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])

@@ -76,3 +76,33 @@ def test_loads_and_passes_the_checks(demo_dataset_root, capsys):
             "--check-only"]
     assert main(parse_args(args)) == 0
     assert "triangle" in capsys.readouterr().out
+
+
+def test_interrupted_build_leaves_nothing_and_is_rebuilt(tmp_path, monkeypatch):
+    from utils import demo_data
+
+    written = []
+    real_write = demo_data._write_sample
+
+    def interrupted(root, stem, image, label):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(stem)
+        real_write(root, stem, image, label)
+
+    monkeypatch.setattr(demo_data, "_write_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo_dataset(tmp_path / "demo", seed=1, num_train=3, num_val=1)
+    assert list(tmp_path.iterdir()) == []  # neither a half-written demo folder nor a leftover partial one
+    monkeypatch.undo()
+    root = make_demo_dataset(tmp_path / "demo", seed=1, num_train=3, num_val=1)
+    assert _digest(root) == _digest(make_demo_dataset(tmp_path / "clean", seed=1, num_train=3, num_val=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "demo"]
+
+
+def test_other_parameters_replace_an_old_demo_folder(tmp_path):
+    root = make_demo_dataset(tmp_path / "demo", seed=1, num_train=3, num_val=1)
+    make_demo_dataset(root, seed=1, num_train=2, num_val=1)
+    assert _digest(root) == _digest(make_demo_dataset(tmp_path / "fresh", seed=1, num_train=2, num_val=1))
+    assert not (root / "JPEGImages/demo_0003.jpg").exists()  # nothing left over from the larger set
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "fresh"]

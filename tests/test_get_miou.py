@@ -199,6 +199,17 @@ def test_model_modes_bad_inputs(tiny_voc, tiny_checkpoint, tmp_path):
             "--pred-dir", tmp_path / "preds")
 
 
+@pytest.mark.parametrize("folder", ["SegmentationClass", "JPEGImages"])
+def test_pred_dir_may_not_be_the_datasets_own_folder(tiny_voc, tiny_checkpoint, tmp_path, folder):
+    before = {p.name: p.read_bytes() for p in (tiny_voc / folder).iterdir()}
+    # A path that only resolves to the folder (via ..) is refused too.
+    for pred_dir, mode in ((tiny_voc / folder, "predict"), (tiny_voc / "ImageSets" / ".." / folder, "all")):
+        with pytest.raises(UserError, match=f"--pred-dir .* is the dataset's {folder} folder"):
+            run("--weights", tiny_checkpoint, "--data-root", tiny_voc, "--device", "cpu", "--mode", mode,
+                "--pred-dir", pred_dir, "--out", tmp_path / "out", "--no-progress")
+    assert {p.name: p.read_bytes() for p in (tiny_voc / folder).iterdir()} == before
+
+
 def test_flag_parsing():
     args = parse_args([])
     assert (args.mode, args.split, args.out, args.data_root, args.pred_dir) == (

@@ -106,3 +106,35 @@ def test_onnx_errors(dynamic_onnx, tmp_path):
         Predictor.from_onnx(tmp_path / "junk.onnx")
     with pytest.raises(UserError, match="3 classes"):
         Predictor.from_onnx(dynamic_onnx, class_names=["a", "b"])
+
+
+def test_failed_verification_writes_nothing(predict_checkpoints, tmp_path, monkeypatch):
+    from utils import onnx_export
+
+    monkeypatch.setattr(onnx_export, "verify", lambda *a, **k: onnx_export.Verification((1, 3, 64, 64), 1.0, 0.5))
+    fresh = tmp_path / "fresh.onnx"
+    with pytest.raises(UserError, match="disagrees with PyTorch.*nothing was written"):
+        export_onnx(predict_checkpoints["model"], fresh, (64, 64))
+    existing = tmp_path / "existing.onnx"
+    existing.write_bytes(b"an earlier export")
+    with pytest.raises(UserError, match="disagrees with PyTorch"):
+        export_onnx(predict_checkpoints["model"], existing, (64, 64))
+    assert not fresh.exists() and existing.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.onnx"]  # no temporary file left behind
+
+
+def test_export_replaces_a_file_only_after_verification(predict_checkpoints, tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    export_onnx(predict_checkpoints["model"], path, (64, 64), config={"num_classes": 3, "input_size": [64, 64]})
+    graph = onnx.load(str(path))
+    assert [p.key for p in graph.metadata_props] == ["deeplabv3plus_config"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_refuses_to_write_over_the_weights(predict_checkpoints):
+    ckpt = predict_checkpoints["ckpt"]
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match="is the --weights file itself"):
+        main(parse_args(["--weights", str(ckpt), "--export-onnx", str(ckpt.parent / "." / ckpt.name)]))
+    assert ckpt.read_bytes() == before

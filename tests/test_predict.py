@@ -207,3 +207,33 @@ def test_subprocess_exit_codes_and_no_traceback(predict_checkpoints, tmp_path):
         assert message in result.stderr
         assert "Traceback" not in result.stderr
     assert (tmp_path / "o" / "ok.png").is_file()
+
+
+def test_two_inputs_for_one_output_are_refused(predict_checkpoints, tmp_path):
+    write_photo(tmp_path / "a" / "x.png", 64, 64, seed=1)
+    write_photo(tmp_path / "b" / "x.png", 64, 64, seed=2)
+    with pytest.raises(UserError, match=r"a/x\.png and .*b/x\.png would both be written to .*o/x\.png"):
+        run(["--weights", str(predict_checkpoints["ckpt"]), str(tmp_path / "a" / "x.png"),
+             str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    # x.png and x.jpg are two outputs, but with --save-mask they share x_mask.png.
+    write_photo(tmp_path / "c" / "x.png", 64, 64)
+    write_photo(tmp_path / "c" / "x.jpg", 64, 64)
+    with pytest.raises(UserError, match="x_mask.png"):
+        run(["--weights", str(predict_checkpoints["ckpt"]), str(tmp_path / "c"), "--save-mask",
+             "--out", str(tmp_path / "o")])
+    assert run(["--weights", str(predict_checkpoints["ckpt"]), str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_counts_per_image_csv_quotes_names(predict_checkpoints, tmp_path):
+    import csv
+
+    write_photo(tmp_path / "in" / "a,b.png", 64, 64, seed=1)
+    write_photo(tmp_path / "in" / 'say "hi".png', 64, 64, seed=2)
+    assert run(["--weights", str(predict_checkpoints["ckpt"]), str(tmp_path / "in"), "--count",
+                "--out", str(tmp_path / "o")]) == 0
+    with open(tmp_path / "o" / "counts_per_image.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", "background", "cat", "dog"]
+    assert [Path(row[0]).name for row in rows[1:]] == ["a,b.png", 'say "hi".png']
+    assert all(sum(int(v) for v in row[1:]) == 64 * 64 for row in rows[1:])

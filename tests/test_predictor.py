@@ -108,12 +108,6 @@ def test_predictor_leaves_the_given_model_alone(predict_checkpoints):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.backend.model.modules())
 
 
-def test_predict_letterboxed_batch(predictor):
-    batch = torch.from_numpy(np.stack([letterbox(photo(64, 96, i), (64, 64))[0] for i in range(2)])).permute(0, 3, 1, 2)
-    out = predictor.predict_letterboxed(batch)
-    assert out.shape == (2, 64, 64) and out.dtype == torch.int64
-
-
 @pytest.mark.parametrize("backbone", ["mobilenet", "xception"])
 def test_bn_folding_is_exact(backbone):
     torch.manual_seed(1)

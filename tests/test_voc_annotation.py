@@ -216,3 +216,21 @@ def test_subprocess_exit_codes_and_no_traceback(voc_dataset_factory, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
     assert "SegmentationClass/" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_split_lines_with_an_image_extension_are_not_missing(voc_dataset_factory, capsys):
+    root = voc_dataset_factory()
+    (root / "ImageSets/Segmentation/train.txt").write_text("img_00.png\nimg_01 1\n")
+    assert run(root, "--num-classes", "3") == 0
+    assert "without an image or a label" not in capsys.readouterr().out
+
+
+def test_convert_rgb_names_an_unreadable_label(voc_dataset_factory):
+    palette = np.array(voc_palette(), np.uint8).reshape(256, 3)
+    root = _rgb_dataset(voc_dataset_factory, [palette[1]])
+    (root / "SegmentationClass/img_03.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    before = _digests(root / "SegmentationClass")
+    with pytest.raises(UserError, match=r"cannot read label .*img_03\.png"):
+        run(root, "--num-classes", "3", "--convert-rgb")
+    assert _digests(root / "SegmentationClass") == before
+    assert not (root / "SegmentationClass_converted").exists()

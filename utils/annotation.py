@@ -21,11 +21,14 @@ from PIL import Image, UnidentifiedImageError
 from utils.data import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
+    LABEL_MODES,
     check_layout,
     index_images,
     load_image,
     load_label,
+    parse_split_file,
     save_label,
+    size_mismatch_message,
     voc_palette,
 )
 from utils.errors import UserError
@@ -174,8 +177,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
         split_file = split_dir / f"{name}.txt"
         if not split_file.is_file():
             continue
-        listed = [line.split()[0] for line in split_file.read_text(encoding="utf-8-sig").splitlines()
-                  if line.strip()]
+        listed = parse_split_file(split_file)
         missing = [s for s in listed if s not in labels or s not in images]
         if missing:
             report.add("split-missing", f"{split_file} names {len(missing)} sample(s) without an image or a "
@@ -197,7 +199,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
                         report.rgb_colours |= _rgb_colours(label_image)
                     label_size = label_image.size
                     label = None
-                elif mode in ("L", "P", "1"):
+                elif mode in LABEL_MODES:
                     label = np.asarray(label_image).astype(np.uint8, copy=False)
                     label_size = label_image.size
                 else:
@@ -214,9 +216,9 @@ def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
             continue
         image_size = (image.shape[1], image.shape[0])
         if image_size != label_size:
-            report.add("size-mismatch", f"size mismatch: image {image_path} is {image_size[0]}x{image_size[1]} "
-                       f"but label {label_path} is {label_size[0]}x{label_size[1]} (width x height); a label "
-                       "must have exactly its image's size (do not resize or crop one without the other)")
+            report.add("size-mismatch", size_mismatch_message(
+                image_path, image_size, label_path, label_size,
+                "a label must have exactly its image's size (do not resize or crop one without the other)"))
             continue
         report.pairs += 1
         if label is None:
@@ -351,11 +353,17 @@ def convert_rgb_labels(root: str | os.PathLike, out_dir: str | os.PathLike | Non
     sorted_keys = keys[order]
     converted = {}
     for stem, path in label_stems(root).items():
-        with Image.open(path) as image:
-            if image.mode not in ("RGB", "RGBA"):
-                converted[stem] = load_label(path)
-                continue
-            rgb = np.asarray(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                image.load()
+                colour = image.mode in ("RGB", "RGBA")
+                rgb = np.asarray(image.convert("RGB")) if colour else None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"cannot read label {path} ({exc}); replace it or delete it and its image, "
+                            "then rerun --convert-rgb") from None
+        if rgb is None:
+            converted[stem] = load_label(path)
+            continue
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             converted[stem] = rgb[..., 0].copy()
             continue

@@ -20,9 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.data import voc_palette
+from utils.visualize import colorize
 
 METRIC_FIELDS = ("epoch", "phase", "lr", "train_loss", "val_loss", "miou", "mpa", "accuracy", "seconds",
                  "images_per_s")
+# All 256 VOC colours, so that the ignore value 255 in ground-truth masks shows in its usual cream.
+VOC_COLOURS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
 
 def format_summary(config: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -59,12 +62,6 @@ def format_summary(config: dict[str, Any], extra: dict[str, Any]) -> str:
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> tqdm:
     """A tqdm bar on rank 0 (a silent pass-through object elsewhere)."""
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Map a (H, W) class-index mask to VOC colours (H, W, 3) uint8."""
-    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    return palette[mask]
 
 
 def _as_float(value: Any) -> float:
@@ -125,7 +122,7 @@ class RunLogger:
         if not self.enabled:
             return
         for index, (image, label, pred) in enumerate(samples):
-            strip = np.concatenate([image, colorize(label), colorize(pred)], axis=1)
+            strip = np.concatenate([image, colorize(label, VOC_COLOURS), colorize(pred, VOC_COLOURS)], axis=1)
             self.writer.add_image(f"val/sample_{index}", strip, epoch, dataformats="HWC")
         self.writer.flush()
 

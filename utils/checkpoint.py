@@ -11,10 +11,12 @@ Files are always read with ``weights_only=True``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -27,22 +29,46 @@ CHECKPOINT_FORMAT = "deeplabv3plus-toolkit/1"
 _BACKBONE_MARKERS = {"backbone.features.0.0.weight": "mobilenet", "backbone.conv1.weight": "xception"}
 
 
-def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` with ``torch.save`` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over ``path``. A crash never leaves a truncated file."""
-    path = Path(path)
+def default_file_mode() -> int:
+    """The permissions ``open()`` would give a new file: 0o666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file next to ``path``, flush it to disk and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; give the checkpoint the permissions of any other new file.
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path``. A crash never leaves a truncated file."""
+    return _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy the bytes of ``src`` to ``dst`` atomically (temporary file + rename), e.g. last.pth to best.pth."""
+    src = Path(src)
+
+    def write(handle: BinaryIO) -> None:
+        with src.open("rb") as source:
+            shutil.copyfileobj(source, handle, 1 << 20)
+
+    return _atomic_write(Path(dst), write)
 
 
 def read_weights_file(path: str | Path) -> dict[str, Any]:
@@ -121,7 +147,7 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _mismatch_reason(key: str, have: torch.Size, want: torch.Size, model: nn.Module) -> str:
+def _mismatch_reason(key: str, have: torch.Size, want: torch.Size) -> str:
     if key.startswith("cls_conv."):
         return f"{key}: checkpoint has {have[0]} classes, model has {want[0]}"
     return f"{key}: checkpoint shape {tuple(have)}, model shape {tuple(want)}"
@@ -149,7 +175,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
         if key not in own:
             report.unexpected.append(key)
         elif own[key].shape != value.shape:
-            report.skipped.append(_mismatch_reason(key, value.shape, own[key].shape, net))
+            report.skipped.append(_mismatch_reason(key, value.shape, own[key].shape))
         else:
             kept[key] = value
             report.loaded.append(key)

@@ -38,6 +38,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
 GREY = 128
 
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for a model or dataset without a class list: VOC's for 21 classes, else background, class_1, ...
+
+    The one rule used everywhere (evaluation reports, the predictor, voc_annotation.py), so the
+    same class count always gets the same names.
+    """
+    if num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return ["background", *(f"class_{i}" for i in range(1, num_classes))][:max(num_classes, 0)]
+
+
 LAYOUT_TREE = """\
 <data root>/                      (default VOCdevkit/VOC2007)
     JPEGImages/                   images: <name>.jpg (or .jpeg .png .bmp .tif .tiff .webp)
@@ -380,17 +393,41 @@ def index_images(folder: Path) -> dict[str, Path]:
     return {stem: path for stem, (_, path) in found.items()}
 
 
+def parse_split_file(path: str | os.PathLike) -> list[str]:
+    """Stems listed by a split file: the first token of each non-blank line, an image extension dropped.
+
+    VOC split lines may carry a second column (e.g. ``2007_000032 1``) and hand-written ones an
+    extension (``a.jpg``); both name the stem ``a``. Raises :class:`UserError` if unreadable.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read split file {path} ({exc}); rerun voc_annotation.py --force to rewrite it") \
+            from None
+    stems = []
+    for line in text.splitlines():
+        tokens = line.split()
+        if tokens:
+            token = tokens[0]
+            stems.append(os.path.splitext(token)[0] if token.lower().endswith(IMAGE_EXTENSIONS) else token)
+    return stems
+
+
+def size_mismatch_message(image_path: str | os.PathLike, image_size: tuple[int, int],
+                          label_path: str | os.PathLike, label_size: tuple[int, int], hint: str = "") -> str:
+    """The one wording of an image/label size mismatch; sizes are (width, height), ``hint`` is appended."""
+    text = (f"size mismatch: image {image_path} is {image_size[0]}x{image_size[1]} but label {label_path} is "
+            f"{label_size[0]}x{label_size[1]} (width x height)")
+    return f"{text}; {hint}" if hint else text
+
+
 def read_split(root: Path, split: str) -> list[str]:
-    """Read ``ImageSets/Segmentation/<split>.txt`` as a list of stems (first token per non-blank line)."""
+    """Read ``ImageSets/Segmentation/<split>.txt`` as a list of stems (see :func:`parse_split_file`)."""
     path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
         raise _missing_layout_error(root, path)
-    stems = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
-        token = line.strip().split()
-        if token:
-            stems.append(os.path.splitext(token[0])[0] if token[0].lower().endswith(IMAGE_EXTENSIONS)
-                         else token[0])
+    stems = parse_split_file(path)
     if not stems:
         raise UserError(f"split file {path} is empty: it must list one image name per line. "
                         "Run voc_annotation.py --force to rewrite the split files")
@@ -416,7 +453,6 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         train: bool,
         class_names: Sequence[str] | None = None,
-        augment_params: AugmentParams | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -426,7 +462,6 @@ class SegmentationDataset(Dataset):
         self.num_classes = int(num_classes)
         self.train = bool(train)
         self.class_names = list(class_names) if class_names is not None else None
-        self.augment_params = augment_params or AugmentParams()
         self.rng = np.random.default_rng()
         check_layout(self.root)
         self.stems = read_split(self.root, split)
@@ -469,9 +504,8 @@ class SegmentationDataset(Dataset):
                 raise UserError(f"cannot read label {label_path} ({exc}); replace it or remove "
                                 f"'{label_path.stem}' from the split file") from None
             if image_size != label_size:
-                raise UserError(f"size mismatch: image {image_path} is {image_size[0]}x{image_size[1]} but "
-                                f"label {label_path} is {label_size[0]}x{label_size[1]} (width x height); "
-                                "a label must have exactly its image's size")
+                raise UserError(size_mismatch_message(image_path, image_size, label_path, label_size,
+                                                      "a label must have exactly its image's size"))
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -493,9 +527,8 @@ class SegmentationDataset(Dataset):
         image = load_image(self._images[index])
         label = load_label(self._labels[index])
         if image.shape[:2] != label.shape:
-            raise UserError(f"size mismatch: image {self._images[index]} is {image.shape[1]}x{image.shape[0]} "
-                            f"but label {self._labels[index]} is {label.shape[1]}x{label.shape[0]} "
-                            "(width x height)")
+            raise UserError(size_mismatch_message(self._images[index], (image.shape[1], image.shape[0]),
+                                                  self._labels[index], (label.shape[1], label.shape[0])))
         peak = int(label.max(initial=0))
         if peak >= self.num_classes and (peak != IGNORE_INDEX or bool(
                 np.any((label >= self.num_classes) & (label != IGNORE_INDEX)))):
@@ -508,7 +541,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load_pair(index)
         if self.train:
-            image, label = augment(image, label, self.input_size, self.rng, self.augment_params)
+            image, label = augment(image, label, self.input_size, self.rng)
         else:
             image, label, _ = letterbox(image, self.input_size, label)
         # A (3, H, W) view of the HWC array: the batch collation makes the one contiguous copy.
@@ -596,8 +629,11 @@ class SeededLoader(DataLoader):
             int(worker_seed(self.seed, self.rank, 1 << 30, self.epoch).generate_state(1, np.uint64)[0] >> 1))
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(self.epoch)
-        if self.num_workers == 0:
-            _seed_everything_here(self.dataset, worker_seed(self.seed, self.rank, 0, self.epoch))
+        if self.num_workers == 0 and hasattr(self.dataset, "set_rng"):
+            # In-process loading: seed only the dataset's own generator. Reseeding the global
+            # random/numpy/torch generators here would reset the training process's streams
+            # (dropout, anything else drawing from them) on every pass.
+            self.dataset.set_rng(np.random.default_rng(worker_seed(self.seed, self.rank, 0, self.epoch)))
         return _plain_worker_errors(super().__iter__())
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import cv2
@@ -114,29 +116,8 @@ def _read_marker(marker: Path) -> dict | None:
         return None
 
 
-def make_demo_dataset(
-    root: str | os.PathLike,
-    seed: int = 0,
-    num_train: int = 100,
-    num_val: int = 20,
-    size: tuple[int, int] = (200, 150),
-) -> Path:
-    """Write the demo dataset to ``root`` (VOC layout + ``classes.txt``) unless it is already there.
-
-    ``size`` is the largest (width, height); each image's sides vary between 80% and 100% of it,
-    and about one image in six is portrait. Everything derives from ``seed``: the same arguments
-    give the same bytes. A folder that holds something else is never overwritten (:class:`UserError`).
-    """
-    root = Path(root)
-    params = {"seed": int(seed), "num_train": int(num_train), "num_val": int(num_val), "size": list(size),
-              "version": 1}
-    marker = root / _MARKER
-    if marker.is_file():
-        if _read_marker(marker) == params:
-            return root
-    elif root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} already holds files and is not a demo dataset; choose an empty or new "
-                        "folder for the demo data (it is never written over existing data)")
+def _write_demo(root: Path, seed: int, num_train: int, num_val: int, size: tuple[int, int], params: dict) -> None:
+    """Write every file of the demo dataset into the (new, empty) folder ``root``; the marker goes last."""
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     max_w, max_h = int(size[0]), int(size[1])
@@ -154,5 +135,58 @@ def make_demo_dataset(
     (splits / "val.txt").write_text("".join(f"{s}\n" for s in stems[num_train:]))
     (splits / "trainval.txt").write_text("".join(f"{s}\n" for s in stems))
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in DEMO_CLASSES))
-    marker.write_text(json.dumps(params))
+    (root / _MARKER).write_text(json.dumps(params))
+
+
+def _sibling(root: Path, kind: str) -> Path:
+    """Create a new hidden folder next to ``root`` (unique per call; the umask applies, unlike mkdtemp's 0700)."""
+    path = root.parent / f".{root.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def make_demo_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 100,
+    num_val: int = 20,
+    size: tuple[int, int] = (200, 150),
+) -> Path:
+    """Write the demo dataset to ``root`` (VOC layout + ``classes.txt``) unless it is already there.
+
+    ``size`` is the largest (width, height); each image's sides vary between 80% and 100% of it,
+    and about one image in six is portrait. Everything derives from ``seed``: the same arguments
+    give the same bytes. A folder that holds something else is never overwritten (:class:`UserError`).
+    The files are written into a hidden sibling folder that is renamed to ``root`` only when
+    complete, so an interrupted run never leaves a half-written ``root`` behind.
+    """
+    root = Path(root)
+    params = {"seed": int(seed), "num_train": int(num_train), "num_val": int(num_val), "size": list(size),
+              "version": 1}
+    marker = root / _MARKER
+    if marker.is_file():
+        if _read_marker(marker) == params:
+            return root
+    elif root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} already holds files and is not a demo dataset; choose an empty or new "
+                        "folder for the demo data (it is never written over existing data)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = _sibling(root, "partial")
+    try:
+        _write_demo(partial, seed, num_train, num_val, size, params)
+        if root.exists():
+            # An empty folder, or a demo dataset made with other parameters (ours, by its marker):
+            # move it aside first, since a directory cannot be renamed over a non-empty one.
+            old = _sibling(root, "old")
+            os.replace(root, old / "data")
+            os.replace(partial, root)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, root)
+    except OSError:
+        # Another process (e.g. a second training rank) may have finished the same folder first.
+        if _read_marker(marker) != params:
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return root

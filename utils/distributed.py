@@ -40,16 +40,20 @@ class DistContext:
         return self.rank == 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) into a device, checking it exists."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``--device`` (``auto``/None, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``) into a device.
+
+    ``auto`` picks CUDA when available, else the CPU. Other device types (mps, xpu, ...) are
+    rejected: the toolkit is tested on CPU and CUDA only. A CUDA request must be satisfiable here.
+    """
+    if name is None or str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {str(name)!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device {str(name)!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
@@ -122,7 +126,3 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare network inside a DDP wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -7,12 +7,22 @@ exits non-zero, so nobody has to read a traceback to learn what to do.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):
     """A problem with the user's input, files or flags; the message says what to do."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a :class:`UserError`, so ``run_cli`` prints one ``error:`` line
+    and exits 2 (plain argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
+        raise UserError(f"{message} (see {command} --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:

@@ -17,7 +17,6 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.data import (
-    VOC_CLASSES,
     SegmentationDataset,
     check_layout,
     index_images,
@@ -30,11 +29,13 @@ from utils.metrics import ConfusionMatrix, score_folders
 from utils.predictor import Predictor
 
 
-def default_class_names(num_classes: int) -> list[str]:
-    """VOC's names for 21 classes, otherwise ``class_0``, ``class_1``, ..."""
-    if num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [f"class_{i}" for i in range(num_classes)]
+def check_pred_dir(root: Path, pred_dir: Path) -> None:
+    """Refuse a prediction folder that is the data root's label or image folder (it would be overwritten)."""
+    target = pred_dir.resolve()
+    for folder in ("SegmentationClass", "JPEGImages"):
+        if target == (root / folder).resolve():
+            raise UserError(f"--pred-dir {pred_dir} is the dataset's {folder} folder: predictions would "
+                            "overwrite your files there; choose another folder (default: <out>/detection-results)")
 
 
 def _split_images(root: Path, split: str) -> tuple[list[str], list[Path]]:
@@ -100,6 +101,7 @@ def predict_split(
 
     if pred_dir is not None:
         pred_dir = Path(pred_dir)
+        check_pred_dir(root, pred_dir)
         pred_dir.mkdir(parents=True, exist_ok=True)
     batches = _batches(range(len(stems)), predictor.batch_size)
     writes: list[Future] = []
@@ -131,9 +133,5 @@ def score_split(
 ) -> np.ndarray:
     """Confusion matrix of the PNGs in ``pred_dir`` against the split's labels (see ``score_folders``)."""
     root = Path(root)
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise UserError(f"prediction folder {pred_dir} not found: run get_miou.py --mode predict first "
-                        "(or give the right --pred-dir)")
     stems = read_split(root, split)
     return score_folders(root / "SegmentationClass", pred_dir, stems, num_classes, workers=workers)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from utils.data import image_to_rgb, save_label
+from utils.data import exif_orientation, save_label
 from utils.errors import UserError
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
@@ -159,8 +159,10 @@ def convert_labelme(
         if not isinstance(record, dict) or "shapes" not in record:
             raise UserError(f"{json_path} is not a labelme annotation (no 'shapes' list)")
         image, data, ext = _read_image(record, json_path)
-        rgb = image_to_rgb(image)
-        height, width = rgb.shape[:2]
+        # The size as the image will be read (EXIF applied), without converting the pixels just for it.
+        width, height = image.size
+        if exif_orientation(image) in (5, 6, 7, 8):
+            width, height = height, width
         expected = (record.get("imageWidth"), record.get("imageHeight"))
         if None not in expected and tuple(int(v) for v in expected) != (width, height):
             raise UserError(f"{json_path}: the JSON says the image is {expected[0]}x{expected[1]} but the image "

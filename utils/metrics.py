@@ -50,10 +50,6 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.matrix = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=device)
 
-    def reset(self) -> None:
-        """Zero the counts (e.g. before the next validation epoch)."""
-        self.matrix.zero_()
-
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Count one batch (or image) of predicted class indices against its ground truth.
 
@@ -572,7 +568,8 @@ def score_folders(
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if not pred_dir.is_dir():
-        raise UserError(f"prediction folder {pred_dir} not found; write it with --mode predict first")
+        raise UserError(f"prediction folder {pred_dir} not found: run get_miou.py --mode predict first "
+                        "(or give the right --pred-dir)")
     if not gt_dir.is_dir():
         raise UserError(f"ground-truth folder {gt_dir} not found")
     if not stems:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoint import default_file_mode
 from utils.errors import UserError
 
 DEFAULT_OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-# Same key as utils.predictor.ONNX_CONFIG_KEY (kept here to avoid a circular import).
+# Metadata key holding the model config (read back by utils.predictor.OnnxBackend).
 CONFIG_KEY = "deeplabv3plus_config"
 
 
@@ -72,27 +74,28 @@ def make_session(path: str | Path, threads: int | None = None, optimize: bool = 
                         "predict.py --export-onnx") from None
 
 
-def _simplify(path: Path) -> bool:
-    """Run onnxsim when installed; return whether it did."""
+def _simplify(model: Any) -> Any:
+    """Run onnxsim on the in-memory model when it is installed; return the (possibly) simplified model."""
     try:
         import onnxsim
     except ImportError:
-        return False
-    import onnx
-
-    model, ok = onnxsim.simplify(onnx.load(str(path)))
-    if ok:
-        onnx.save(model, str(path))
-    return bool(ok)
+        return model
+    simplified, ok = onnxsim.simplify(model)
+    return simplified if ok else model
 
 
-def _write_metadata(path: Path, config: dict[str, Any]) -> None:
+def _finish(path: Path, config: dict[str, Any] | None, simplify: bool) -> None:
+    """One load, optional simplification and the metadata, one save (all in memory)."""
     import onnx
 
     model = onnx.load(str(path))
-    keep = {k: config.get(k) for k in ("backbone", "num_classes", "class_names", "downsample_factor", "input_size")}
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CONFIG_KEY, json.dumps(keep)
+    if simplify:
+        model = _simplify(model)
+    if config:
+        keep = {k: config.get(k) for k in ("backbone", "num_classes", "class_names", "downsample_factor",
+                                           "input_size")}
+        entry = model.metadata_props.add()
+        entry.key, entry.value = CONFIG_KEY, json.dumps(keep)
     onnx.save(model, str(path))
 
 
@@ -112,8 +115,12 @@ def verify(model: nn.Module, path: str | Path, shape: Sequence[int], seed: int =
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], config: dict[str, Any] | None = None,
                 dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = True,
-                exporter: str = "torchscript", batch_size: int = 1) -> list[Verification]:
+                exporter: str = "torchscript", tolerance: float = 1e-3) -> list[Verification]:
     """Export ``model`` (a DeepLab; not modified) to ``path`` and verify it with ONNX Runtime.
+
+    The graph is written to a temporary file next to ``path`` and renamed onto ``path`` only
+    after it passed verification: a failed export leaves no file at ``path`` and an existing
+    one untouched.
 
     Args:
         input_size: (H, W) of the example input (and the fixed size without ``dynamic``).
@@ -122,9 +129,13 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
         opset: ONNX opset, at least 17.
         simplify: run onnxsim if it is installed.
         exporter: ``"torchscript"`` or ``"dynamo"``.
+        tolerance: largest accepted relative difference between ONNX Runtime and PyTorch.
 
     Returns:
         The verifications: at the export size, and with ``dynamic`` also at a second size and batch 2.
+
+    Raises:
+        UserError: bad opset/exporter, or ONNX Runtime disagrees with PyTorch beyond ``tolerance``.
     """
     if opset < 17:
         raise UserError(f"--opset {opset} is too old: use 17 or newer")
@@ -132,12 +143,33 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
         raise UserError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        checks = _export_and_verify(model, tmp, input_size, config, dynamic, opset, simplify, exporter)
+        worst = max(checks, key=lambda check: check.max_rel)
+        if worst.max_rel > tolerance:
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise UserError(f"{path}: ONNX Runtime disagrees with PyTorch ({worst}); nothing was written. "
+                            f"Try --exporter {other}")
+        # mkstemp creates 0600 files; the model gets the permissions of any other new file.
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return checks
+
+
+def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], config: dict[str, Any] | None,
+                       dynamic: bool, opset: int, simplify: bool, exporter: str) -> list[Verification]:
+    """Write the graph (simplified, with metadata) to ``path`` and compare it with PyTorch."""
     net = getattr(model, "module", model)
     param = next(net.parameters())
     was_training = net.training
     net.eval()
     height, width = int(input_size[0]), int(input_size[-1])
-    example = torch.rand(batch_size, 3, height, width, device=param.device)
+    example = torch.rand(1, 3, height, width, device=param.device)
     try:
         if exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"}
@@ -158,11 +190,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
                               opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
     finally:
         net.train(was_training)
-    if simplify:
-        _simplify(path)
-    if config:
-        _write_metadata(path, config)
-    checks = [verify(net, path, (batch_size, 3, height, width))]
+    _finish(path, config, simplify)
+    checks = [verify(net, path, (1, 3, height, width))]
     if dynamic:
         # A second, odd size and another batch prove the spatial and batch axes really are dynamic.
         checks.append(verify(net, path, (2, 3, height * 3 // 4 + 5, width * 5 // 4 + 3), seed=1))

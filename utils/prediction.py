@@ -8,6 +8,7 @@ the parsed ``argparse.Namespace`` of predict.py.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -54,8 +55,14 @@ class Run:
     per_image: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
-def find_images(inputs: Sequence[str], out_dir: Path) -> tuple[list[Job], list[str]]:
-    """Expand files and folders (recursively, sorted) into jobs; bad inputs become failure lines."""
+def find_images(inputs: Sequence[str], out_dir: Path, save_mask: bool = False) -> tuple[list[Job], list[str]]:
+    """Expand files and folders (recursively, sorted) into jobs; bad inputs become failure lines.
+
+    Two inputs whose outputs would land on the same path under ``out_dir`` (``a/x.jpg`` and
+    ``b/x.jpg`` given as files, or the same file twice; with ``save_mask`` also ``x.jpg`` and
+    ``x.png``, whose ``x_mask.png`` coincide) are a UserError naming both: one result must never
+    silently replace another.
+    """
     jobs: list[Job] = []
     failures: list[str] = []
     out_resolved = out_dir.resolve()
@@ -75,7 +82,28 @@ def find_images(inputs: Sequence[str], out_dir: Path) -> tuple[list[Job], list[s
                             f"use one of {' '.join(IMAGE_EXTENSIONS)}")
         else:
             jobs.append(Job(path, Path(path.name)))
+    _check_distinct_outputs(jobs, out_dir, save_mask)
     return jobs, failures
+
+
+def _check_distinct_outputs(jobs: Sequence[Job], out_dir: Path, save_mask: bool) -> None:
+    """UserError when two jobs would write the same output file."""
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        outputs = [job.relative]
+        if save_mask:
+            outputs.append(mask_path(job.relative))
+        for output in outputs:
+            if output in seen:
+                raise UserError(f"{seen[output]} and {job.source} would both be written to {out_dir / output}: "
+                                "give them in separate runs or with different --out folders, or pass their "
+                                "parent folders instead of the files")
+        seen.update(dict.fromkeys(outputs, job.source))
+
+
+def mask_path(target: Path) -> Path:
+    """Where ``--save-mask`` writes the class-index PNG of the output ``target``."""
+    return target.with_name(f"{target.stem}_mask.png")
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
@@ -88,10 +116,6 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
                                   precision=args.precision,
                                   num_classes=len(names) if names else None, class_names=names,
                                   downsample_factor=args.downsample_factor, input_size=args.input_size)
-
-
-def render(image: np.ndarray, mask: np.ndarray, args: argparse.Namespace, palette: np.ndarray) -> np.ndarray:
-    return mix(image, mask, args.mix, args.alpha, palette)
 
 
 def write_image(rgb: np.ndarray, path: Path) -> None:
@@ -114,12 +138,12 @@ def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path
     """Write the rendered image (and mask PNG), count classes; never over the input itself."""
     if target.resolve() == source.resolve():
         raise UserError(f"refusing to overwrite the input {target}: choose another --out")
-    write_image(render(image, mask, args, palette), target)
+    write_image(mix(image, mask, args.mix, args.alpha, palette), target)
     run.written.append(target)
     if args.save_mask:
-        mask_path = target.with_name(f"{target.stem}_mask.png")
-        save_index_png(mask, mask_path, palette)
-        run.written.append(mask_path)
+        index_png = mask_path(target)
+        save_index_png(mask, index_png, palette)
+        run.written.append(index_png)
     if args.count:
         record(run, str(target), mask, predictor.num_classes)
 
@@ -154,10 +178,12 @@ def report_counts(run: Run, predictor: Predictor, out_dir: Path) -> None:
     path = write_counts_csv(run.counts, predictor.class_names, out_dir / "counts.csv")
     if len(run.per_image) > 1:
         per_image = out_dir / "counts_per_image.csv"
-        with per_image.open("w", encoding="utf-8") as handle:
-            handle.write("image," + ",".join(predictor.class_names) + "\n")
+        # csv.writer quotes names holding commas or quotes (file names and class names may).
+        with per_image.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", *predictor.class_names])
             for name, counts in run.per_image:
-                handle.write(f"{name}," + ",".join(str(int(c)) for c in counts) + "\n")
+                writer.writerow([name, *(int(c) for c in counts)])
     print(f"counts saved to {path}")
 
 
@@ -170,7 +196,7 @@ def interactive(predictor: Predictor, args: argparse.Namespace, run: Run) -> Non
             break
         if not name:
             break
-        jobs, failures = find_images([name], Path(args.out))
+        jobs, failures = find_images([name], Path(args.out), args.save_mask)
         for failure in failures:
             print(f"error: {failure}", file=sys.stderr)
         before = len(run.written)
@@ -249,7 +275,7 @@ def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
             started = time.perf_counter()
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             mask = predictor.predict([rgb], tta=args.tta)[0]
-            out = cv2.cvtColor(render(rgb, mask, args, palette), cv2.COLOR_RGB2BGR)
+            out = cv2.cvtColor(mix(rgb, mask, args.mix, args.alpha, palette), cv2.COLOR_RGB2BGR)
             # Exponential smoothing keeps the overlay readable while it still follows real changes.
             fps = 1.0 / max(time.perf_counter() - started, 1e-6) if fps == 0 else \
                 0.9 * fps + 0.1 / max(time.perf_counter() - started, 1e-6)
@@ -318,17 +344,19 @@ def fps_benchmark(predictor: Predictor, args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
+    """``--export-onnx PATH``: export the --weights model, verify it and only then place it at PATH."""
+    if Path(args.export_onnx).resolve() == Path(args.weights).resolve():
+        raise UserError(f"--export-onnx {args.export_onnx} is the --weights file itself: choose another name, "
+                        "e.g. model.onnx")
     names = read_class_names(args.classes) if args.classes else None
     model, config = load_model(args.weights, device="cpu", num_classes=len(names) if names else None,
                                class_names=names, downsample_factor=args.downsample_factor,
                                input_size=args.input_size)
     size = args.input_size or config["input_size"]
+    # export_onnx raises (and writes nothing) when ONNX Runtime disagrees with PyTorch.
     checks = export_onnx(model, args.export_onnx, size, config=config, dynamic=args.dynamic, opset=args.opset,
                          simplify=not args.no_simplify, exporter=args.exporter)
     print(f"exported {args.export_onnx} (opset {args.opset}, {'dynamic' if args.dynamic else 'static'} "
           f"{'batch/height/width' if args.dynamic else f'{size[0]}x{size[-1]}'})")
     for check in checks:
         print(f"verified {check}")
-    if max(check.max_rel for check in checks) > 1e-3:
-        raise UserError(f"{args.export_onnx}: ONNX Runtime disagrees with PyTorch (see above); try --exporter "
-                        f"{'dynamo' if args.exporter == 'torchscript' else 'torchscript'}")

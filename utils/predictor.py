@@ -27,28 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.checkpoint import load_model
-from utils.data import letterbox
+from utils.data import default_class_names, letterbox
+from utils.distributed import resolve_device
 from utils.errors import UserError
 from utils.fuse import fuse_bn
-
-# Metadata key under which utils.onnx_export stores the model config in the ONNX file.
-ONNX_CONFIG_KEY = "deeplabv3plus_config"
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto"``/None into cuda when available (else cpu); check that a CUDA request can be met."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} was requested but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
+from utils.onnx_export import CONFIG_KEY as ONNX_CONFIG_KEY
 
 PRECISIONS = ("auto", "fastest", "fp32", "fp16", "bf16")
 
@@ -196,7 +179,7 @@ class Predictor:
         self.config = dict(config)
         self.num_classes = int(config["num_classes"])
         names = config.get("class_names")
-        self.class_names: list[str] = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+        self.class_names: list[str] = list(names) if names else default_class_names(self.num_classes)
         size = config.get("input_size") or [512, 512]
         if isinstance(size, int):
             size = [size, size]
@@ -302,11 +285,3 @@ class Predictor:
         probs = self.predict_proba(images, tta=tta, scales=scales, flip=flip)
         return [_argmax_classes(p).to(torch.uint8).cpu().numpy() for p in probs]
 
-    def predict_letterboxed(self, batch: torch.Tensor) -> torch.Tensor:
-        """Argmax class map (N, H, W) int64 for an already letterboxed batch (uint8 or [0,1] float, NCHW).
-
-        For evaluation on a dataset that yields letterboxed samples (labels padded with 255).
-        """
-        if batch.dtype == torch.uint8:
-            batch = batch.float().div_(255.0)
-        return self.backend(batch.to(self.device)).argmax(1)

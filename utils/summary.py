@@ -14,11 +14,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, DeepLab
+from utils.errors import ArgumentParser, run_cli
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all, or only those that require gradients)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
@@ -37,17 +38,21 @@ def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Parameters and FLOPs of a DeepLabV3+ configuration.")
+    parser = ArgumentParser(prog="python -m utils.summary",
+                            description="Parameters and FLOPs of a DeepLabV3+ configuration.")
     parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet")
     parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=16)
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--input-size", type=int, nargs="+", default=[512], metavar=("H", "W"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.input_size) > 2 or min(args.input_size) < 16:
+        parser.error("--input-size takes H [W], each at least 16")
+    if args.num_classes < 2:
+        parser.error(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
+    return args
 
 
 def main(args: argparse.Namespace) -> int:
-    if len(args.input_size) > 2 or min(args.input_size) < 16:
-        raise SystemExit("error: --input-size takes H [W], each at least 16")
     model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor)
     size = (args.input_size[0], args.input_size[-1])
     params = count_parameters(model)
@@ -60,4 +65,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    run_cli(lambda argv: main(parse_args(argv)))

@@ -9,9 +9,10 @@ parameters from the start, as in the original recipe, so its state carries acros
 Reproducibility: the data order and augmentation of an epoch depend only on
 (seed, rank, worker, epoch) (:func:`utils.data.set_loader_epoch`), torch's global generator
 (dropout) is re-seeded from (seed, rank, epoch) at every epoch start, and checkpoints hold the
-optimizer, scheduler, scaler and generator states. Resuming from ``last.pth`` therefore gives
-bitwise the same weights as an uninterrupted run on the CPU, also after a Ctrl-C in the
-middle of an epoch (the checkpoint records how many batches of that epoch were done).
+optimizer, scheduler, scaler and generator states. Resuming from ``last.pth`` of a single
+process on the CPU therefore gives bitwise the same weights as an uninterrupted run, also after
+a Ctrl-C in the middle of an epoch (the checkpoint records how many batches of that epoch were
+done); elsewhere (CUDA kernels, several processes) it continues the same schedule and data order.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ import torch
 from nets.deeplabv3_plus import DeepLab, freeze_backbone, unfreeze_backbone
 from nets.losses import build_criterion
 from utils.callbacks import RunLogger, format_summary, progress
-from utils.checkpoint import CHECKPOINT_FORMAT, load_weights, read_weights_file, save_checkpoint, split_checkpoint
+from utils.checkpoint import (
+    CHECKPOINT_FORMAT,
+    copy_checkpoint,
+    load_weights,
+    read_weights_file,
+    save_checkpoint,
+    split_checkpoint,
+)
 from utils.data import (
     VOC_CLASSES,
     SegmentationDataset,
@@ -68,8 +76,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "data_root": str(DEMO_ROOT), "backbone": "mobilenet", "downsample_factor": 16, "input_size": [128],
     "pretrained": False, "epochs": 8, "freeze_epochs": 0, "batch_size": 8, "freeze_batch_size": 8,
     "optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-4, "workers": 2, "eval_period": 4, "save_period": 100,
-    "save_dir": "logs/demo",
 }
+DEMO_SAVE_DIR = Path("logs/demo")
 
 
 def scaled_lr(optimizer: str, batch_size: int, lr: float, min_lr: float) -> tuple[float, float]:
@@ -197,11 +205,14 @@ def parse_class_weights(text: str | None, num_classes: int, dataset: Segmentatio
 
 
 def apply_demo_settings(args: argparse.Namespace, given: set[str]) -> None:
-    """``--demo``: generate the demo dataset if missing and use the small CPU configuration.
+    """``--demo``: use the small CPU configuration (flags only; the data is made by :func:`prepare_demo_data`).
 
-    Flags the user gave explicitly (``given``) keep their values.
+    Flags the user gave explicitly (``given``) keep their values. Without ``--save-dir`` a new
+    demo run goes to ``logs/demo``, or the first of ``logs/demo_2``, ``logs/demo_3``, ... that
+    holds no run yet, so running the demo again never overwrites an earlier one;
+    ``--resume auto`` continues ``logs/demo``, ``--resume PATH`` the folder of PATH.
     """
-    from utils.demo_data import DEMO_CLASSES, make_demo_dataset
+    from utils.demo_data import DEMO_CLASSES
 
     for key, value in DEMO_SETTINGS.items():
         if key not in given:
@@ -209,8 +220,35 @@ def apply_demo_settings(args: argparse.Namespace, given: set[str]) -> None:
     if "classes" not in given and "num_classes" not in given:
         args.classes = None
         args.num_classes = len(DEMO_CLASSES)
-    if "data_root" not in given or not Path(args.data_root).exists():
+    if "save_dir" not in given:
+        if args.resume == "auto":
+            args.save_dir = str(DEMO_SAVE_DIR)
+        elif not args.resume:  # --resume PATH continues in PATH's folder (validate_args)
+            args.save_dir = str(free_demo_dir(DEMO_SAVE_DIR))
+
+
+def free_demo_dir(base: Path) -> Path:
+    """``base``, or the first ``base_2``, ``base_3``, ... without a ``last.pth`` in it."""
+    candidate, number = base, 1
+    while (candidate / "last.pth").exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}_{number}")
+    return candidate
+
+
+def prepare_demo_data(args: argparse.Namespace, ctx: DistContext) -> None:
+    """``--demo``: write the demo dataset if missing, on the main rank only; the others wait for it.
+
+    Runs after the process group exists so that under torchrun one process writes the files.
+    A ``--data-root`` of the user's that already exists is left alone.
+    """
+    if not args.demo:
+        return
+    if ctx.is_main and (Path(args.data_root) == DEMO_ROOT or not Path(args.data_root).exists()):
+        from utils.demo_data import make_demo_dataset
+
         make_demo_dataset(args.data_root)
+    barrier(ctx)
 
 
 def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
@@ -276,6 +314,10 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
             print(f"--resume auto: no {candidate} yet, starting a new run")
     elif args.resume and not Path(args.resume).is_file():
         raise UserError(f"--resume {args.resume}: file not found (use auto for {args.save_dir}/last.pth)")
+    if not args.resume and (Path(args.save_dir) / "last.pth").exists():
+        # A new run would replace the checkpoints, metrics.csv, config.json and TensorBoard curves.
+        raise UserError(f"--save-dir {args.save_dir} already holds a run (last.pth): continue it with --resume auto "
+                        "or choose another --save-dir")
     return args
 
 
@@ -394,12 +436,12 @@ class Trainer:
         }
         self.config.update({k: v for k, v in vars(args).items() if k not in self.config and k != "argv"})
 
-        self.model = DeepLab(args.num_classes, args.backbone, pretrained=args.pretrained,
+        self.net: torch.nn.Module = DeepLab(args.num_classes, args.backbone, pretrained=args.pretrained,
                              downsample_factor=args.downsample_factor)
         self.init_note = "ImageNet backbone" if args.pretrained else "random"
         if args.weights:
             state, _ = split_checkpoint(read_weights_file(args.weights), args.weights)
-            report = load_weights(self.model, state, strict=False, source=args.weights)
+            report = load_weights(self.net, state, strict=False, source=args.weights)
             if not report.loaded:
                 raise UserError(f"--weights {args.weights}: no tensor matches this model "
                                 f"({args.backbone}, {args.num_classes} classes)")
@@ -411,11 +453,10 @@ class Trainer:
         self.criterion = build_criterion(args.loss, args.dice, self.class_weights)
 
         if args.sync_bn:
-            self.model = convert_sync_bn(self.model, ctx)
-        self.model.to(self.device)
+            self.net = convert_sync_bn(self.net, ctx)
+        self.net.to(self.device)
         if self.cuda:
-            self.model.to(memory_format=torch.channels_last)
-        self.net = self.model
+            self.net.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(args.optimizer, list(self.net.parameters()), args.lr, args.momentum,
                                          args.weight_decay)
         first_batch = args.freeze_batch_size if args.freeze_epochs > 0 else args.batch_size
@@ -459,6 +500,11 @@ class Trainer:
             raise UserError(f"--resume {path} is not a training checkpoint written by train.py (it holds no "
                             "optimizer state); use --weights to start from its weights instead")
         saved = obj.get("config") or {}
+        # Checked before any state is loaded: a mismatch must not leave half-restored objects behind.
+        for key, flag in (("optimizer", "--optimizer"), ("lr_schedule", "--lr-schedule")):
+            if saved.get(key) not in (None, getattr(self.args, key)):
+                raise UserError(f"--resume {path} was trained with {flag} {saved[key]}, but this run has {flag} "
+                                f"{getattr(self.args, key)}: pass {flag} {saved[key]} to continue it")
         for key, what, hint in (("backbone", "the {} backbone", "pass --backbone {}"),
                                 ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
                                 ("downsample_factor", "output stride {}", "pass --downsample-factor {}")):
@@ -472,9 +518,6 @@ class Trainer:
         except ValueError as exc:
             raise UserError(f"--resume {path}: its optimizer state does not fit --optimizer "
                             f"{self.args.optimizer} ({exc}); use the optimizer it was trained with") from None
-        if saved.get("optimizer") not in (None, self.args.optimizer):
-            raise UserError(f"--resume {path} was trained with --optimizer {saved['optimizer']}; "
-                            f"pass --optimizer {saved['optimizer']}")
         self.scheduler.load_state_dict(obj["scheduler"])
         self.scheduler.total_epochs = self.args.epochs
         if obj.get("scaler"):
@@ -595,13 +638,19 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp):
                     logits = self.wrapped(images)
                 loss = self.criterion(logits.float(), labels)
-            stats = torch.tensor([0.0 if loss is None else loss.item(), float(stop_here)], dtype=torch.float64,
-                                 device=self.device)
-            all_reduce_sum(stats, self.ctx)
-            if stats[1].item() > 0:
+            # One host synchronisation per step: the loss value alone, or (DDP) loss and stop flag reduced together.
+            if self.ctx.enabled:
+                zero = torch.zeros((), dtype=torch.float64, device=self.device)
+                stats = torch.stack([zero if loss is None else loss.detach().double(),
+                                     torch.full((), float(stop_here), dtype=torch.float64, device=self.device)])
+                loss_total, stops = all_reduce_sum(stats, self.ctx).tolist()
+                stop_here = stops > 0
+                value = loss_total / self.ctx.world_size
+            else:
+                value = 0.0 if loss is None else loss.item()
+            if stop_here:
                 self._stop_rng = rng_before
                 return loss_sum / max(seen, 1), seen, index
-            value = stats[0].item() / self.ctx.world_size
             if not math.isfinite(value):
                 raise NonFiniteLossError(self._nan_message(value, epoch, index))
             self.optimizer.zero_grad(set_to_none=True)
@@ -613,7 +662,8 @@ class Trainer:
             done = index + 1
             now = time.perf_counter()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}",
-                            img_s=f"{images.shape[0] * self.ctx.world_size / max(now - tick, 1e-9):.1f}")
+                            img_s=f"{images.shape[0] * self.ctx.world_size / max(now - tick, 1e-9):.1f}",
+                            refresh=False)
             tick = now
         bar.close()
         return loss_sum / max(seen, 1), seen, done
@@ -651,14 +701,12 @@ class Trainer:
             pairs = [self.val_set.load_pair(i) for i in indices[start:start + chunk]]
             preds = predictor.predict([image for image, _ in pairs])
             for (image, label), pred in zip(pairs, preds, strict=True):
-                # np.array copies: labels decoded by PIL are read-only and torch warns about those.
-                matrix.update(torch.from_numpy(pred).to(self.device), torch.from_numpy(np.array(label)).to(self.device))
+                matrix.update(pred, label)
                 if len(samples) < 3:
                     samples.append((image, label, pred))
         matrix.all_reduce()
         scores = matrix.scores()
         net.train()
-        del predictor
         self.logger.log_images(epoch, samples)
         val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
         result = {"val_loss": val_loss, "miou": float(scores.miou), "mpa": float(scores.mpa),
@@ -687,12 +735,12 @@ class Trainer:
 
     def _save(self, epoch: int, improved: bool) -> None:
         if self.is_main:
-            ckpt = self.checkpoint(epoch)
-            save_checkpoint(ckpt, self.save_dir / "last.pth")
+            last = save_checkpoint(self.checkpoint(epoch), self.save_dir / "last.pth")
+            # Serialise once; the other files are byte copies of last.pth.
             if improved:
-                save_checkpoint(ckpt, self.save_dir / "best.pth")
+                copy_checkpoint(last, self.save_dir / "best.pth")
             if epoch % self.args.save_period == 0:
-                save_checkpoint(ckpt, self.save_dir / f"epoch_{epoch:03d}.pth")
+                copy_checkpoint(last, self.save_dir / f"epoch_{epoch:03d}.pth")
         barrier(self.ctx)
 
     def _interrupted(self, epoch: int, done: int) -> int:
@@ -722,6 +770,7 @@ def run_training(args: argparse.Namespace) -> int:
     """Start (or join) the process group, train, and leave the group."""
     ctx = init_distributed(args.device)
     try:
+        prepare_demo_data(args, ctx)
         return Trainer(args, ctx).fit()
     finally:
         cleanup_distributed()
