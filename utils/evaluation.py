@@ -9,7 +9,7 @@ another, so decoding and encoding overlap the forward pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,6 +69,30 @@ def _prefetch(load: Callable[[int], object], batches: list[Sequence[int]], pool:
         yield current
 
 
+def iterate_predictions(
+    predictor: Predictor,
+    load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+    indices: Sequence[int],
+    tta: bool = False,
+    scales: Sequence[float] = (0.75, 1.0, 1.25),
+    progress: bool = True,
+    desc: str = "predict",
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Yield ``(index, image, label, mask)`` for each index, predicting a batch at a time.
+
+    ``load(index)`` returns ``(image, label or None)``; the next batch is read in a thread
+    while the current one runs through the network. Masks are at each image's original size.
+    """
+    batches = _batches(list(indices), predictor.batch_size)
+    with ThreadPoolExecutor(1) as reader, \
+            tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
+        for batch, pairs in zip(batches, _prefetch(load, batches, reader), strict=True):
+            masks = predictor.predict([image for image, _ in pairs], tta=tta, scales=scales)
+            for index, (image, label), mask in zip(batch, pairs, masks, strict=True):
+                yield index, image, label, mask
+            bar.update(len(batch))
+
+
 def predict_split(
     predictor: Predictor,
     root: str | os.PathLike,
@@ -103,18 +127,14 @@ def predict_split(
         pred_dir = Path(pred_dir)
         check_pred_dir(root, pred_dir)
         pred_dir.mkdir(parents=True, exist_ok=True)
-    batches = _batches(range(len(stems)), predictor.batch_size)
     writes: list[Future] = []
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
-            tqdm(total=len(stems), desc="predict", unit="img", disable=not progress) as bar:
-        for batch, pairs in zip(batches, _prefetch(load, batches, reader), strict=True):
-            masks = predictor.predict([image for image, _ in pairs], tta=tta, scales=scales)
-            for index, (_, label), mask in zip(batch, pairs, masks, strict=True):
-                if matrix is not None:
-                    matrix.update(mask, label)
-                if pred_dir is not None:
-                    writes.append(writer.submit(save_label, mask, pred_dir / f"{stems[index]}.png"))
-            bar.update(len(batch))
+    with ThreadPoolExecutor(1) as writer:
+        for index, _, label, mask in iterate_predictions(predictor, load, range(len(stems)), tta=tta,
+                                                         scales=scales, progress=progress):
+            if matrix is not None:
+                matrix.update(mask, label)
+            if pred_dir is not None:
+                writes.append(writer.submit(save_label, mask, pred_dir / f"{stems[index]}.png"))
             # Surface a failed write (disk full, permissions) early, without waiting on the rest.
             for done in [w for w in writes if w.done()]:
                 done.result()

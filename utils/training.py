@@ -62,6 +62,7 @@ from utils.distributed import (
     wrap_model,
 )
 from utils.errors import UserError
+from utils.evaluation import iterate_predictions
 from utils.metrics import ConfusionMatrix
 from utils.predictor import Predictor
 
@@ -693,17 +694,13 @@ class Trainer:
         # The same pipeline and metric code as get_miou.py: letterbox, predict, resize back, confusion matrix.
         predictor = Predictor(net, self.config, self.device, batch_size=self._per_rank(self.args.batch_size))
         matrix = ConfusionMatrix(self.args.num_classes, device=self.device)
-        indices = list(range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
+        indices = range(self.ctx.rank, len(self.val_set), self.ctx.world_size)
         samples = []
-        chunk = predictor.batch_size
-        for start in progress(range(0, len(indices), chunk), math.ceil(len(indices) / chunk), "  val mIoU",
-                              self.is_main):
-            pairs = [self.val_set.load_pair(i) for i in indices[start:start + chunk]]
-            preds = predictor.predict([image for image, _ in pairs])
-            for (image, label), pred in zip(pairs, preds, strict=True):
-                matrix.update(pred, label)
-                if len(samples) < 3:
-                    samples.append((image, label, pred))
+        for _, image, label, pred in iterate_predictions(predictor, self.val_set.load_pair, indices,
+                                                         progress=self.is_main, desc="  val mIoU"):
+            matrix.update(pred, label)
+            if len(samples) < 3:
+                samples.append((image, label, pred))
         matrix.all_reduce()
         scores = matrix.scores()
         net.train()
