@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
-from utils.data import default_class_names, read_class_names
+from utils.data.io import default_class_names, read_class_names
 from utils.errors import UserError, run_cli
-from utils.evaluation import predict_split, score_split
-from utils.metrics import ConfusionMatrix, compute_scores, format_summary, format_table, write_report
-from utils.predictor import Predictor
+from utils.evaluation.confusion import ConfusionMatrix
+from utils.evaluation.report import format_summary, format_table, write_report
+from utils.evaluation.scores import compute_scores
+from utils.evaluation.split import predict_split, score_split
+from utils.inference.predictor import Predictor
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -11,7 +11,7 @@ Examples::
     python predict.py --weights logs/best.pth --export-onnx model.onnx --dynamic
     python predict.py --onnx model.onnx img/street.jpg
 
-All modes share :class:`utils.predictor.Predictor`; drawing is in :mod:`utils.visualize`.
+All modes share :class:`utils.inference.predictor.Predictor`; drawing is in :mod:`utils.inference.visualize`.
 """
 
 from __future__ import annotations
@@ -23,22 +23,15 @@ from pathlib import Path
 
 import torch
 
-from utils.distributed import resolve_device
+from utils.device import PRECISIONS, resolve_device
 from utils.errors import ArgumentParser, UserError, run_cli
-from utils.onnx_export import DEFAULT_OPSET, EXPORTERS
-from utils.prediction import (
-    Run,
-    build_predictor,
-    export,
-    find_images,
-    fps_benchmark,
-    interactive,
-    predict_jobs,
-    report_counts,
-    run_video,
-)
-from utils.predictor import PRECISIONS
-from utils.visualize import MIX_MODES
+from utils.inference.app import build_predictor, export, interactive, predict_jobs
+from utils.inference.benchmark import fps_benchmark
+from utils.inference.inputs import find_images
+from utils.inference.onnx_export import DEFAULT_OPSET, EXPORTERS
+from utils.inference.outputs import Run, report_counts
+from utils.inference.video import run_video
+from utils.inference.visualize import MIX_MODES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,7 @@
     python train.py --data-root VOCdevkit/VOC2007 --pretrained
     torchrun --nproc_per_node=4 train.py --pretrained --sync-bn --amp
 
-See the README for the full list of examples; the loop itself lives in utils/training.py.
+See the README for the full list of examples; the loop lives in utils/training/.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS
 from nets.losses import LOSSES
 from utils.errors import ArgumentParser, run_cli
-from utils.training import LR_SCHEDULES, OPTIMIZERS, run_training, validate_args
+from utils.training.args import validate_args
+from utils.training.optim import OPTIMIZERS
+from utils.training.schedule import LR_SCHEDULES
+from utils.training.trainer import run_training
 
 
 def build_parser(track_given: bool = False) -> argparse.ArgumentParser:

@@ -18,16 +18,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.annotation import (
-    check_dataset,
-    convert_rgb_labels,
-    fix_binary_labels,
-    format_class_table,
-    write_splits,
-)
-from utils.data import VOC_CLASSES, check_layout, default_class_names, read_class_names
+from utils.data.checks import check_dataset, convert_rgb_labels, fix_binary_labels, format_class_table, write_splits
+from utils.data.io import VOC_CLASSES, default_class_names, read_class_names
+from utils.data.labelme import convert_labelme
+from utils.data.layout import check_layout
 from utils.errors import UserError, run_cli
-from utils.labelme import convert_labelme
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

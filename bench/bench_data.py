@@ -2,7 +2,7 @@
 
 Measures, in one process with one thread (workers=0, so the figure is the CPU cost of one
 sample), the time to produce one training sample and one validation sample at 512x512 and the
-bytes that sample occupies, for :class:`utils.data.SegmentationDataset` and for the BASELINE
+bytes that sample occupies, for :class:`utils.data.dataset.SegmentationDataset` and for the BASELINE
 rebuild of the original loader in ``bench/original_loader.py``. Each figure includes turning
 the sample into the CPU tensors the training step receives (the original's float32 image and
 one-hot, our uint8 image and label). Data: CamVid from ``../shared/datasets/camvid`` when
@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.original_loader import OriginalDeeplabDataset
-from utils.data import SegmentationDataset, read_class_names
-from utils.demo_data import DEMO_CLASSES, make_demo_dataset
+from utils.data.dataset import SegmentationDataset
+from utils.data.demo import DEMO_CLASSES, make_demo_dataset
+from utils.data.io import read_class_names
 from utils.errors import run_cli
 
 REPO_ROOT = Path(sys.path[0])

@@ -8,7 +8,7 @@ get_miou wrote them). Both methods read the very same files. Then, in this one r
 
 (a) the baseline, a faithful re-implementation of the original repo's ``compute_mIoU``
     (single process, PIL reads, per-image ``np.bincount`` into a float64 histogram);
-(b) ours, ``utils.evaluation.score_split`` (thread pool over ``utils.metrics.score_folders``), the
+(b) ours, ``utils.evaluation.split.score_split`` (thread pool over ``utils.evaluation.folders.score_folders``), the
     function ``get_miou.py --mode eval`` calls,
 
 alternately, best of ``--repeats`` each, and checks that both give the same confusion matrix.
@@ -31,9 +31,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data import save_label
-from utils.evaluation import score_split
-from utils.metrics import compute_scores
+from utils.data.io import save_label
+from utils.evaluation.scores import compute_scores
+from utils.evaluation.split import score_split
 
 
 # ---- baseline: the original repo's utils/utils_metrics.py, reproduced as written ----
@@ -178,7 +178,7 @@ def main() -> None:
     print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.2f}")
     print(f"baseline (original compute_mIoU, PIL + float64 bincount, 1 process): wall {wall[0]:.3f} s, "
           f"CPU {cpu[0]:.3f} s")
-    print(f"ours (utils.evaluation.score_split, as get_miou.py --mode eval):      wall {wall[1]:.3f} s, "
+    print(f"ours (utils.evaluation.split.score_split, as get_miou.py --mode eval): wall {wall[1]:.3f} s, "
           f"CPU {cpu[1]:.3f} s")
     print(f"speed-up (wall): {wall[0] / wall[1]:.2f}x   CPU work ratio: {cpu[0] / cpu[1]:.2f}x   "
           f"identical confusion matrices: {same}")

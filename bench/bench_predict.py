@@ -37,13 +37,14 @@ from PIL import Image
 
 from bench.common import machine_description, matmul_gflops
 from nets.deeplabv3_plus import BACKBONES, DeepLab
-from utils.data import load_image, voc_palette
-from utils.fuse import fuse_bn
-from utils.onnx_export import export_onnx, make_session
-from utils.prediction import write_image
-from utils.predictor import OnnxBackend, Predictor
+from utils.data.io import load_image, voc_palette
+from utils.inference.backends import OnnxBackend
+from utils.inference.fuse import fuse_bn
+from utils.inference.onnx_export import export_onnx, make_session
+from utils.inference.outputs import write_image
+from utils.inference.predictor import Predictor
+from utils.inference.visualize import make_palette, mix
 from utils.summary import count_flops
-from utils.visualize import make_palette, mix
 
 SIZE = 512
 

@@ -1,6 +1,6 @@
 """Benchmark: training throughput (images/s) and peak memory of DeepLabV3+ on synthetic batches.
 
-One training step is what ``utils/training.py`` does per iteration: forward (autocast when
+One training step is what ``utils/training/epoch.py`` does per iteration: forward (autocast when
 ``--amp``), cross-entropy on float logits, backward through the gradient scaler, SGD step.
 Each configuration runs in its own subprocess so the peak memory belongs to it alone:
 peak resident set size on the CPU (``resource.getrusage``), ``torch.cuda.max_memory_allocated``

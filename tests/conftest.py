@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.data import save_label
-from utils.demo_data import make_demo_dataset
+from utils.data.demo import make_demo_dataset
+from utils.data.io import save_label
 
-# ---- dataset builders (utils/data.py, voc_annotation.py, labelme tests) ----
+# ---- dataset builders (utils/data/, voc_annotation.py, labelme tests) ----
 
 def _write_voc_dataset(root, pairs, splits=None, image_ext=".png"):
     """Write ``pairs`` {stem: (rgb uint8 HxWx3, label uint8 HxW or None)} in the VOC layout under ``root``.
@@ -90,7 +90,7 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-# ---- training (train.py, utils/training.py) ----
+# ---- training (train.py, utils/training/) ----
 
 @pytest.fixture(scope="session")
 def train_data_root(tmp_path_factory):

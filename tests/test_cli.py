@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.distributed import resolve_device
+from utils.device import resolve_device
 from utils.errors import ArgumentParser, UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from get_miou import main, parse_args
-from tests.test_metrics import (
+from tests.evaluation.test_confusion import (
     HAND_ACCURACY,
     HAND_F1,
     HAND_FWIOU,
@@ -24,9 +24,9 @@ from tests.test_metrics import (
     HAND_PRED,
     HAND_RECALL,
 )
-from utils.data import load_image, load_label, save_label
+from utils.data.io import load_image, load_label, save_label
 from utils.errors import UserError
-from utils.predictor import Predictor
+from utils.inference.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_FILES = ("metrics.json", "confusion_matrix.csv", "mIoU.png", "mPA.png", "Recall.png", "Precision.png",
@@ -39,7 +39,7 @@ def run(*argv):
 
 @pytest.fixture
 def hand_case(tmp_path):
-    """Labels and prediction PNGs whose confusion matrix is the hand-worked one of test_metrics.
+    """Labels and prediction PNGs whose confusion matrix is the hand-worked one of tests/evaluation/test_confusion.py.
 
     ``a`` is the 2x5 example; ``b`` is all ignore (255) with arbitrary valid predictions, which
     must change nothing. Prediction ``a`` is a grey PNG, ``b`` a palette PNG.

@@ -14,7 +14,7 @@ from PIL import Image
 
 from predict import main, parse_args
 from utils.errors import UserError
-from utils.visualize import make_palette
+from utils.inference.visualize import make_palette
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,8 @@
-"""train.py end to end on a tiny dataset, the learning-rate recipe, and the messages for bad input."""
+"""train.py end to end on a tiny dataset, resume checks, and the messages for bad input."""
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import re
@@ -16,13 +15,11 @@ import pytest
 import torch
 
 from train import main, parse_args
-from utils import training
-from utils.checkpoint import CHECKPOINT_FORMAT, load_model
-from utils.data import load_image
-from utils.distributed import DistContext
+from utils.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
+from utils.data.io import load_image
 from utils.errors import UserError
-from utils.predictor import Predictor
-from utils.training import EpochLR, build_optimizer, parse_class_weights, prepare_demo_data, scaled_lr
+from utils.inference.predictor import Predictor
+from utils.training.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,86 +75,6 @@ def test_checkpoint_loads_for_prediction_without_flags(smoke_run, train_data_roo
     assert mask.shape == image.shape[:2] and mask.max() < 4
 
 
-def test_lr_is_scaled_by_batch_and_clamped():
-    assert scaled_lr("sgd", 8, 7e-3, 7e-5) == pytest.approx((3.5e-3, 3.5e-5))
-    assert scaled_lr("sgd", 4, 7e-3, 7e-5) == pytest.approx((1.75e-3, 1.75e-5))
-    assert scaled_lr("sgd", 1024, 7e-3, 7e-5) == pytest.approx((1e-1, 1e-3))  # clamped high
-    assert scaled_lr("sgd", 1, 1e-3, 1e-5) == pytest.approx((5e-4, 5e-6))  # clamped low
-    assert scaled_lr("adam", 8, 7e-3, 7e-5) == pytest.approx((5e-4, 5e-6))
-    assert scaled_lr("adamw", 2, 1e-3, 1e-5) == pytest.approx((3e-4, 3e-6))
-
-
-def test_cosine_schedule_warms_up_decays_and_ends_flat():
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer("sgd", [param], 0.1, 0.9, 1e-4)
-    scheduler = EpochLR(optimizer, "cos", 100, lr=0.1, min_lr=0.001)
-    assert scheduler.step(0.0) == pytest.approx(0.01)  # warmup starts at a tenth
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
-    assert scheduler.lr_at(1.5) == pytest.approx(0.01 + 0.09 * 0.25)  # quadratic warmup over 3 epochs
-    assert scheduler.lr_at(3.0) == pytest.approx(0.1)
-    values = [scheduler.lr_at(e / 4) for e in range(12, 4 * 85)]
-    assert all(a >= b for a, b in itertools.pairwise(values))
-    assert scheduler.lr_at(85) == pytest.approx(0.001) and scheduler.lr_at(99.9) == pytest.approx(0.001)
-    state = scheduler.state_dict()
-    other = EpochLR(optimizer, "cos", 100, lr=1.0, min_lr=0.5)
-    other.load_state_dict(state)
-    assert other.lr_at(40.0) == scheduler.lr_at(40.0)
-
-
-def test_step_schedule_goes_from_lr_to_min_lr_in_ten_steps():
-    optimizer = build_optimizer("adamw", [torch.nn.Parameter(torch.zeros(1))], 1e-3, 0.9, 1e-2)
-    scheduler = EpochLR(optimizer, "step", 100, lr=1e-3, min_lr=1e-5)
-    assert scheduler.lr_at(5) == pytest.approx(1e-3)
-    assert scheduler.lr_at(95) == pytest.approx(1e-5)
-    assert len({round(scheduler.lr_at(e), 12) for e in range(100)}) == 10
-
-
-def test_optimizers_follow_the_recipe():
-    param = [torch.nn.Parameter(torch.zeros(1))]
-    sgd = build_optimizer("sgd", param, 0.1, 0.9, 1e-4)
-    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
-    assert isinstance(build_optimizer("adamw", param, 1e-3, 0.9, 1e-2), torch.optim.AdamW)
-    adam = build_optimizer("adam", param, 1e-3, 0.8, 0)
-    assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.999)
-
-
-def test_class_weights(train_data_root):
-    from utils.data import SegmentationDataset
-
-    dataset = SegmentationDataset(train_data_root, "train", (64, 64), 4, True)
-    assert parse_class_weights("1, 2,2,0.5", 4, dataset).tolist() == [1.0, 2.0, 2.0, 0.5]
-    with pytest.raises(UserError, match="4 classes"):
-        parse_class_weights("1,2", 4, dataset)
-    auto = parse_class_weights("auto", 4, dataset)
-    assert auto.shape == (4,) and bool((auto > 0).all())
-    # Background covers most pixels, so median-frequency balancing gives it the smallest weight.
-    assert int(auto.argmin()) == 0
-
-
-def test_demo_defaults_yield_to_explicit_flags(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    data_root = tmp_path / "demo_data"
-    args = parse_args(["--demo", "--epochs", "3", "--data-root", str(data_root), "--lr", "0.02"])
-    assert args.epochs == 3 and args.lr == 0.02  # given
-    assert args.input_size == [128, 128] and args.backbone == "mobilenet" and not args.pretrained  # demo
-    assert args.num_classes == 4 and args.class_names[0] == "background"
-    # Parsing only sets flags: the data is written after the process group exists, by rank 0.
-    assert not data_root.exists()
-    prepare_demo_data(args, DistContext())
-    assert (data_root / "ImageSets" / "Segmentation" / "train.txt").is_file()
-
-
-def test_demo_data_is_written_by_rank_0_only(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    waited = []
-    monkeypatch.setattr(training, "barrier", lambda ctx: waited.append(ctx.rank))
-    args = parse_args(["--demo", "--data-root", str(tmp_path / "demo_data")])
-    prepare_demo_data(args, DistContext(rank=1, local_rank=1, world_size=2))
-    assert not (tmp_path / "demo_data").exists() and waited == [1]  # rank 1 writes nothing, but waits
-    prepare_demo_data(args, DistContext(rank=0, world_size=2))
-    assert (tmp_path / "demo_data" / "classes.txt").is_file() and waited == [1, 0]
-
-
 def test_new_run_never_overwrites_a_finished_one(smoke_run, train_data_root):
     _, save_dir = smoke_run
     with pytest.raises(UserError, match=re.escape(f"--save-dir {save_dir} already holds a run (last.pth): continue "
@@ -165,19 +82,6 @@ def test_new_run_never_overwrites_a_finished_one(smoke_run, train_data_root):
         parse_args(tiny_args(train_data_root, save_dir))
     args = parse_args(tiny_args(train_data_root, save_dir, "--epochs", "2", "--resume", "auto"))
     assert args.resume == str(save_dir / "last.pth")
-
-
-def test_demo_without_save_dir_picks_a_free_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    data = ["--data-root", str(tmp_path / "data")]
-    assert parse_args(["--demo", *data]).save_dir == str(Path("logs/demo"))
-    for name in ("demo", "demo_2"):
-        (tmp_path / "logs" / name).mkdir(parents=True)
-        (tmp_path / "logs" / name / "last.pth").write_bytes(b"x")
-    assert parse_args(["--demo", *data]).save_dir == str(Path("logs/demo_3"))
-    assert parse_args(["--demo", *data, "--resume", "auto"]).save_dir == str(Path("logs/demo"))
-    with pytest.raises(UserError, match="already holds a run"):
-        parse_args(["--demo", *data, "--save-dir", "logs/demo_2"])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -241,9 +145,9 @@ def test_cli_errors_exit_2_without_traceback(train_data_root, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(train_data_root, tmp_path, monkeypatch):
-    import utils.training as training
+    from utils.training import builder
 
-    real = training.build_criterion
+    real = builder.build_criterion
 
     def poisoned(*args, **kwargs):
         criterion = real(*args, **kwargs)
@@ -257,7 +161,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(train_data_root, tmp_path,
 
         return wrapped
 
-    monkeypatch.setattr(training, "build_criterion", poisoned)
+    monkeypatch.setattr(builder, "build_criterion", poisoned)
     save_dir = tmp_path / "nan"
     with pytest.raises(UserError, match="loss became nan at epoch 2"):
         main(parse_args(tiny_args(train_data_root, save_dir, "--epochs", "2", "--eval-period", "1")))
@@ -281,13 +185,34 @@ def test_weights_are_partially_loaded_with_a_report(smoke_run, train_data_root, 
     argv = tiny_args(train_data_root, tmp_path / "ft", "--weights", str(save_dir / "last.pth"), "--eval-period", "9")
     args = parse_args([*argv, "--classes", str(_three_classes(tmp_path))])
     args.data_root = str(train_data_root)
-    from utils.distributed import DistContext
-    from utils.training import Trainer
+    from utils.training.trainer import Trainer
 
     trainer = Trainer(args, DistContext())
     out = capsys.readouterr().out
     assert "cls_conv.weight: checkpoint has 4 classes, model has 3" in out
     source = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)["model"]
-    own = trainer.net.state_dict()
+    own = trainer.parts.net.state_dict()
     assert torch.equal(own["backbone.features.0.0.weight"], source["backbone.features.0.0.weight"])
     assert own["cls_conv.weight"].shape[0] == 3
+
+
+def test_checkpoint_with_the_former_schedule_state_resumes_like_a_current_one(smoke_run, train_data_root, tmp_path):
+    """Checkpoints written before the LambdaLR schedule hold the hand-written scheduler's state (its position
+    in epochs) and no ``initial_lr``: they continue at the same iteration, with the same learning rates."""
+    _, save_dir = smoke_run
+    current = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
+    former = dict(current, scheduler={"kind": "cos", "total_epochs": 1, "lr": 0.01, "min_lr": 1e-4,
+                                      "position": 0.75, "last_lr": 1e-4})
+    former["optimizer"]["param_groups"] = [{k: v for k, v in group.items() if k != "initial_lr"}
+                                           for group in current["optimizer"]["param_groups"]]
+    results = {}
+    for name, ckpt in (("current", current), ("former", former)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        save_checkpoint(ckpt, run_dir / "last.pth")
+        argv = tiny_args(train_data_root, run_dir, "--epochs", "2", "--eval-period", "9", "--resume", "auto")
+        assert main(parse_args(argv)) == 0
+        results[name] = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert results["former"]["history"][-1]["lr"] == results["current"]["history"][-1]["lr"]
+    for key, value in results["current"]["model"].items():
+        assert torch.equal(value, results["former"]["model"][key]), key

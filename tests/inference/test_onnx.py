@@ -1,0 +1,140 @@
+"""ONNX export (dynamic shapes, verification, metadata) and ``predict.py --onnx`` (issue 5)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from predict import main, parse_args
+from utils.errors import UserError
+from utils.inference.onnx_export import export_onnx, make_session
+from utils.inference.predictor import Predictor
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    small = np.random.default_rng(seed).integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(predict_checkpoints, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(parse_args(["--weights", str(predict_checkpoints["ckpt"]), "--export-onnx", str(path),
+                            "--dynamic"])) == 0
+    return path
+
+
+def test_export_is_dynamic_and_matches_pytorch_at_two_sizes(dynamic_onnx, predict_checkpoints):
+    graph = onnx.load(str(dynamic_onnx))
+    assert graph.opset_import[0].version >= 17
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    session = make_session(dynamic_onnx)
+    model = predict_checkpoints["model"]
+    for shape in [(1, 3, 64, 64), (2, 3, 97, 75)]:
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[2]))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run(None, {"images": x.numpy()})
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_export_prints_verification(predict_checkpoints, tmp_path, capsys):
+    path = tmp_path / "static.onnx"
+    assert main(parse_args(["--weights", str(predict_checkpoints["ckpt"]), "--export-onnx", str(path),
+                            "--input-size", "48", "64"])) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x48x64: max |ORT - PyTorch| =" in out and "relative" in out
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 48, 64]
+
+
+def test_static_export_runs_one_image_at_a_time(predict_checkpoints, tmp_path):
+    path = tmp_path / "static.onnx"
+    export_onnx(predict_checkpoints["model"], path, (64, 64), config={"num_classes": 3, "input_size": [64, 64]})
+    predictor = Predictor.from_onnx(path, batch_size=4)
+    masks = predictor.predict([photo(64, 96, 0), photo(50, 50, 1), photo(70, 30, 2)])
+    assert [m.shape for m in masks] == [(64, 96), (50, 50), (70, 30)]
+    with pytest.raises(UserError, match="re-export with --export-onnx"):
+        predictor.predict([photo(64, 64, 3)], tta=True)
+
+
+def test_export_returns_both_checks(predict_checkpoints, tmp_path):
+    checks = export_onnx(predict_checkpoints["model"], tmp_path / "m.onnx", (64, 64), dynamic=True, opset=18)
+    assert len(checks) == 2 and checks[0].shape != checks[1].shape
+    assert all(c.max_rel < 1e-4 for c in checks)
+    with pytest.raises(UserError, match="opset"):
+        export_onnx(predict_checkpoints["model"], tmp_path / "old.onnx", (64, 64), opset=11)
+
+
+def test_onnx_predictor_agrees_with_pytorch(dynamic_onnx, predict_checkpoints):
+    onnx_predictor = Predictor.from_onnx(dynamic_onnx)
+    # The ONNX graph computes in float32, so it is compared with PyTorch in float32.
+    torch_predictor = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", precision="fp32")
+    assert (onnx_predictor.num_classes, onnx_predictor.class_names, onnx_predictor.input_size) == (
+        3, ["background", "cat", "dog"], (64, 64))
+    images = [photo(64, 96, 0), photo(80, 50, 1), photo(120, 120, 2)]
+    same = total = 0
+    for a, b in zip(onnx_predictor.predict(images), torch_predictor.predict(images), strict=True):
+        same += int((a == b).sum())
+        total += a.size
+    assert same / total >= 0.999
+
+
+def test_predict_onnx_cli_matches_pytorch(dynamic_onnx, predict_checkpoints, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(photo(64, 96, 4)).save(tmp_path / "a.png")
+    for name, flags in (("torch", ["--weights", str(predict_checkpoints["ckpt"]), "--precision", "fp32"]),
+                        ("onnx", ["--onnx", str(dynamic_onnx)])):
+        assert main(parse_args([*flags, str(tmp_path / "a.png"), "--out", str(tmp_path / name),
+                                "--save-mask"])) == 0
+    a = np.asarray(Image.open(tmp_path / "torch" / "a_mask.png"))
+    b = np.asarray(Image.open(tmp_path / "onnx" / "a_mask.png"))
+    assert (a == b).mean() >= 0.999
+
+
+def test_onnx_errors(dynamic_onnx, tmp_path):
+    with pytest.raises(UserError, match="ONNX file not found"):
+        Predictor.from_onnx(tmp_path / "none.onnx")
+    (tmp_path / "junk.onnx").write_text("nope")
+    with pytest.raises(UserError, match="not a usable ONNX model"):
+        Predictor.from_onnx(tmp_path / "junk.onnx")
+    with pytest.raises(UserError, match="3 classes"):
+        Predictor.from_onnx(dynamic_onnx, class_names=["a", "b"])
+
+
+def test_failed_verification_writes_nothing(predict_checkpoints, tmp_path, monkeypatch):
+    from utils.inference import onnx_export
+
+    monkeypatch.setattr(onnx_export, "verify", lambda *a, **k: onnx_export.Verification((1, 3, 64, 64), 1.0, 0.5))
+    fresh = tmp_path / "fresh.onnx"
+    with pytest.raises(UserError, match="disagrees with PyTorch.*nothing was written"):
+        export_onnx(predict_checkpoints["model"], fresh, (64, 64))
+    existing = tmp_path / "existing.onnx"
+    existing.write_bytes(b"an earlier export")
+    with pytest.raises(UserError, match="disagrees with PyTorch"):
+        export_onnx(predict_checkpoints["model"], existing, (64, 64))
+    assert not fresh.exists() and existing.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.onnx"]  # no temporary file left behind
+
+
+def test_export_replaces_a_file_only_after_verification(predict_checkpoints, tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    export_onnx(predict_checkpoints["model"], path, (64, 64), config={"num_classes": 3, "input_size": [64, 64]})
+    graph = onnx.load(str(path))
+    assert [p.key for p in graph.metadata_props] == ["deeplabv3plus_config"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_refuses_to_write_over_the_weights(predict_checkpoints):
+    ckpt = predict_checkpoints["ckpt"]
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match="is the --weights file itself"):
+        main(parse_args(["--weights", str(ckpt), "--export-onnx", str(ckpt.parent / "." / ckpt.name)]))
+    assert ckpt.read_bytes() == before

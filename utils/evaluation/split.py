@@ -1,0 +1,154 @@
+"""Evaluating a model on a dataset split: predict every image, write index PNGs, fill a confusion matrix.
+
+This is what ``get_miou.py`` runs, and :func:`iterate_predictions` is also the loop of the
+evaluation during training. Predictions go through :class:`utils.inference.predictor.Predictor`
+(the same pipeline as ``predict.py``) at each image's original resolution. Images are read one
+batch ahead in a thread and PNGs are written in another, so decoding and encoding overlap the
+forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.data.dataset import SegmentationDataset
+from utils.data.io import load_image, save_label
+from utils.data.layout import check_layout, index_images, read_split
+from utils.errors import UserError
+from utils.evaluation.confusion import ConfusionMatrix
+from utils.evaluation.folders import score_folders
+from utils.inference.predictor import Predictor
+
+
+def check_pred_dir(root: Path, pred_dir: Path) -> None:
+    """Refuse a prediction folder that is the data root's label or image folder (it would be overwritten)."""
+    target = pred_dir.resolve()
+    for folder in ("SegmentationClass", "JPEGImages"):
+        if target == (root / folder).resolve():
+            raise UserError(f"--pred-dir {pred_dir} is the dataset's {folder} folder: predictions would "
+                            "overwrite your files there; choose another folder (default: <out>/detection-results)")
+
+
+def _split_images(root: Path, split: str) -> tuple[list[str], list[Path]]:
+    """Stems of a split and their image paths (labels not needed), UserError naming a missing image."""
+    if not (root / "JPEGImages").is_dir():
+        check_layout(root)
+    stems = read_split(root, split)
+    images = index_images(root / "JPEGImages")
+    missing = [stem for stem in stems if stem not in images]
+    if missing:
+        split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        raise UserError(f"{split_file} names {len(missing)} image(s) missing from {root / 'JPEGImages'}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add them or rerun "
+                        "voc_annotation.py --force to rewrite the split files")
+    return stems, [images[stem] for stem in stems]
+
+
+def _batches(items: Sequence, size: int) -> list[Sequence]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _prefetch(load: Callable[[int], object], batches: list[Sequence[int]], pool: ThreadPoolExecutor):
+    """Yield ``[load(i) for i in batch]`` per batch, reading the next batch while this one is used."""
+    if not batches:
+        return
+    pending = pool.submit(lambda b: [load(i) for i in b], batches[0])
+    for following in [*batches[1:], None]:
+        current = pending.result()
+        if following is not None:
+            pending = pool.submit(lambda b: [load(i) for i in b], following)
+        yield current
+
+
+def iterate_predictions(
+    predictor: Predictor,
+    load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+    indices: Sequence[int],
+    tta: bool = False,
+    scales: Sequence[float] = (0.75, 1.0, 1.25),
+    progress: bool = True,
+    desc: str = "predict",
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Yield ``(index, image, label, mask)`` for each index, predicting a batch at a time.
+
+    ``load(index)`` returns ``(image, label or None)``; the next batch is read in a thread
+    while the current one runs through the network. Masks are at each image's original size.
+    """
+    batches = _batches(list(indices), predictor.batch_size)
+    with ThreadPoolExecutor(1) as reader, \
+            tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
+        for batch, pairs in zip(batches, _prefetch(load, batches, reader), strict=True):
+            masks = predictor.predict([image for image, _ in pairs], tta=tta, scales=scales)
+            for index, (image, label), mask in zip(batch, pairs, masks, strict=True):
+                yield index, image, label, mask
+            bar.update(len(batch))
+
+
+def predict_split(
+    predictor: Predictor,
+    root: str | os.PathLike,
+    split: str,
+    pred_dir: str | os.PathLike | None,
+    matrix: ConfusionMatrix | None = None,
+    tta: bool = False,
+    scales: Sequence[float] = (0.75, 1.0, 1.25),
+    progress: bool = True,
+) -> int:
+    """Predict every image of ``split`` at its original size; return the number of images.
+
+    With ``pred_dir`` each mask is written as ``<pred_dir>/<stem>.png`` (palette PNG with the VOC
+    colours whose pixel values are the class indices). With ``matrix`` each mask is scored in
+    memory against ``SegmentationClass/<stem>.png`` (the split's labels are checked before any
+    prediction starts). ``tta`` averages the probabilities of horizontal flips and ``scales``.
+    """
+    root = Path(root)
+    if matrix is not None:
+        dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False)
+        stems = dataset.stems
+
+        def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+            return dataset.load_pair(i)
+    else:
+        stems, paths = _split_images(root, split)
+
+        def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+            return load_image(paths[i]), None
+
+    if pred_dir is not None:
+        pred_dir = Path(pred_dir)
+        check_pred_dir(root, pred_dir)
+        pred_dir.mkdir(parents=True, exist_ok=True)
+    writes: list[Future] = []
+    with ThreadPoolExecutor(1) as writer:
+        for index, _, label, mask in iterate_predictions(predictor, load, range(len(stems)), tta=tta,
+                                                         scales=scales, progress=progress):
+            if matrix is not None:
+                matrix.update(mask, label)
+            if pred_dir is not None:
+                writes.append(writer.submit(save_label, mask, pred_dir / f"{stems[index]}.png"))
+            # Surface a failed write (disk full, permissions) early, without waiting on the rest.
+            for done in [w for w in writes if w.done()]:
+                done.result()
+                writes.remove(done)
+        for pending in writes:
+            pending.result()
+    return len(stems)
+
+
+def score_split(
+    root: str | os.PathLike,
+    split: str,
+    pred_dir: str | os.PathLike,
+    num_classes: int,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Confusion matrix of the PNGs in ``pred_dir`` against the split's labels (see ``score_folders``)."""
+    root = Path(root)
+    stems = read_split(root, split)
+    return score_folders(root / "SegmentationClass", pred_dir, stems, num_classes, workers=workers)

@@ -1,0 +1,95 @@
+"""The forward passes behind :class:`~utils.inference.predictor.Predictor`: PyTorch and ONNX Runtime.
+
+Both take a float batch (N, 3, H, W) in [0, 1] and return float32 logits (N, C, H, W).
+:class:`TorchBackend` runs in inference mode on a private copy of the model with BatchNorm
+folded into the convs, channels-last, fp16 autocast on CUDA and optionally bf16 on CPUs that
+have it natively; :class:`OnnxBackend` runs an exported file, so ``--onnx`` shares the
+pre- and post-processing with PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.device import resolve_precision
+from utils.errors import UserError
+from utils.inference.fuse import fuse_bn
+from utils.inference.onnx_export import CONFIG_KEY as ONNX_CONFIG_KEY
+
+
+class TorchBackend:
+    """PyTorch forward: float batch (N,3,H,W) in [0,1] on ``device`` -> float32 logits (N,C,H,W).
+
+    Args:
+        model: a DeepLab (it is not modified when ``optimize`` copies it).
+        device: where to run.
+        optimize: work on a deep copy of ``model`` with BatchNorm folded into the convs
+            (exact in eval mode, saves a pass over every activation).
+        channels_last: NHWC memory layout (oneDNN and cuDNN run convs natively in it); default on.
+        precision: see :func:`resolve_precision`; below float32 runs under autocast.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, optimize: bool = True,
+                 channels_last: bool | None = None, precision: str = "auto") -> None:
+        self.device = device
+        self.channels_last = True if channels_last is None else channels_last
+        self.dtype = resolve_precision(precision, device)
+        net = getattr(model, "module", model)
+        if optimize:
+            net = copy.deepcopy(net).eval()
+            fuse_bn(net)
+            for param in net.parameters():
+                param.requires_grad_(False)
+        net = net.to(device).eval()
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.model = net
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
+                                                    enabled=self.dtype != torch.float32):
+            logits = self.model(batch)
+        return logits.float()
+
+
+class OnnxBackend:
+    """ONNX Runtime forward with the same contract as :class:`TorchBackend` (CPU tensors in and out)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from utils.inference.onnx_export import make_session
+
+        self.path = Path(path)
+        self.session = make_session(path, threads=threads)
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        # A static export fixes batch and/or size: run one image at a time and check the size up front.
+        first = model_input.shape[0]
+        self.fixed_batch = first if isinstance(first, int) else None
+        dims = model_input.shape[2:]
+        self.fixed_size = tuple(dims) if len(dims) == 2 and all(isinstance(d, int) for d in dims) else None
+        self.device = torch.device("cpu")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.fixed_size is not None and tuple(batch.shape[2:]) != self.fixed_size:
+            raise UserError(f"{self.path} was exported for a fixed {self.fixed_size[0]}x{self.fixed_size[1]} input, "
+                            f"not {batch.shape[2]}x{batch.shape[3]}; re-export with --export-onnx ... --dynamic")
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        if self.fixed_batch == 1 and array.shape[0] != 1:
+            parts = [self.session.run(None, {self.input_name: array[i:i + 1]})[0] for i in range(len(array))]
+            return torch.from_numpy(np.concatenate(parts))
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits)
+
+    def config(self) -> dict[str, Any] | None:
+        """The model config stored in the ONNX metadata by our exporter, or None."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        return json.loads(meta[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in meta else None

@@ -1,0 +1,79 @@
+"""predict.py's outputs: rendered images, class-index PNGs and the per-class pixel counts of a run.
+
+A :class:`Run` collects what was written, the counts and the failures to report at the end;
+an input is never overwritten by its own result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils.errors import UserError
+from utils.inference.inputs import mask_path
+from utils.inference.predictor import Predictor
+from utils.inference.visualize import class_counts, format_counts, mix, save_index_png, write_counts_csv
+
+
+@dataclass
+class Run:
+    """What happened in a run: outputs written, per-class counts, failures to report at the end."""
+
+    written: list[Path] = field(default_factory=list)
+    segmented: int = 0
+    failures: list[str] = field(default_factory=list)
+    counts: np.ndarray | None = None
+    per_image: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+
+def write_image(rgb: np.ndarray, path: Path) -> None:
+    """Save an RGB array; the format follows the extension (as the input's name is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), bgr, params):
+        raise UserError(f"cannot write {path}: check that the folder is writable")
+
+
+def record(run: Run, name: str, mask: np.ndarray, num_classes: int) -> None:
+    """Add the per-class pixel counts of ``mask`` to the run's total and to its per-image list as ``name``."""
+    counts = class_counts(mask, num_classes)
+    run.counts = counts if run.counts is None else run.counts + counts
+    run.per_image.append((name, counts))
+
+
+def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path, args: argparse.Namespace,
+                 predictor: Predictor, palette: np.ndarray, run: Run) -> None:
+    """Write the rendered image (and mask PNG), count classes; never over the input itself."""
+    if target.resolve() == source.resolve():
+        raise UserError(f"refusing to overwrite the input {target}: choose another --out")
+    write_image(mix(image, mask, args.mix, args.alpha, palette), target)
+    run.written.append(target)
+    if args.save_mask:
+        index_png = mask_path(target)
+        save_index_png(mask, index_png, palette)
+        run.written.append(index_png)
+    if args.count:
+        record(run, str(target), mask, predictor.num_classes)
+
+
+def report_counts(run: Run, predictor: Predictor, out_dir: Path) -> None:
+    """``--count``: print the totals, write counts.csv and (for several images) counts_per_image.csv."""
+    if run.counts is None:
+        return
+    print(format_counts(run.counts, predictor.class_names))
+    path = write_counts_csv(run.counts, predictor.class_names, out_dir / "counts.csv")
+    if len(run.per_image) > 1:
+        per_image = out_dir / "counts_per_image.csv"
+        # csv.writer quotes names holding commas or quotes (file names and class names may).
+        with per_image.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", *predictor.class_names])
+            for name, counts in run.per_image:
+                writer.writerow([name, *(int(c) for c in counts)])
+    print(f"counts saved to {path}")

@@ -1,0 +1,86 @@
+"""Validation of train.py's flags, before anything heavy happens; derived values are filled in.
+
+Every bad value is a :class:`UserError` naming its flag; ``--demo`` settings are applied
+first (:mod:`utils.training.demo`), so the demo's defaults are validated like given flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from utils.data.demo import DEMO_CLASSES
+from utils.data.io import VOC_CLASSES, read_class_names
+from utils.errors import UserError
+from utils.training.demo import apply_demo_settings
+from utils.training.optim import parse_class_weights
+
+
+def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
+    """Check every flag before anything heavy happens; fill in derived values (class names, min lr, paths)."""
+    if args.demo:
+        apply_demo_settings(args, given)
+    if args.classes:
+        names = read_class_names(args.classes)
+        if "num_classes" in given and args.num_classes != len(names):
+            raise UserError(f"--num-classes {args.num_classes} contradicts --classes {args.classes} "
+                            f"({len(names)} names); drop --num-classes")
+        args.num_classes, args.class_names = len(names), names
+    else:
+        demo_names = None
+        if args.demo:
+            demo_names = list(DEMO_CLASSES) if args.num_classes == len(DEMO_CLASSES) else None
+        args.class_names = demo_names or (list(VOC_CLASSES) if args.num_classes == len(VOC_CLASSES) else None)
+    if args.num_classes < 2:
+        raise UserError(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
+    if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
+        raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 32")
+    args.input_size = [args.input_size[0], args.input_size[-1]]
+    checks = [
+        (args.epochs >= 1, f"--epochs {args.epochs}: must be at least 1"),
+        (args.freeze_epochs >= 0, f"--freeze-epochs {args.freeze_epochs}: must be 0 or more"),
+        (args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs} is greater than --epochs "
+                                            f"{args.epochs}: the frozen phase is part of the total epochs"),
+        (args.batch_size >= 2, f"--batch-size {args.batch_size}: must be at least 2 (BatchNorm needs 2 images)"),
+        (args.freeze_epochs == 0 or args.freeze_batch_size >= 2,
+         f"--freeze-batch-size {args.freeze_batch_size}: must be at least 2 (BatchNorm needs 2 images)"),
+        (args.lr > 0 and math.isfinite(args.lr), f"--lr {args.lr}: must be a positive number"),
+        (0 <= args.momentum < 1, f"--momentum {args.momentum}: must lie in [0, 1)"),
+        (args.weight_decay >= 0, f"--weight-decay {args.weight_decay}: must be 0 or more"),
+        (args.save_period >= 1, f"--save-period {args.save_period}: must be at least 1"),
+        (args.eval_period >= 1, f"--eval-period {args.eval_period}: must be at least 1"),
+        (args.workers >= 0, f"--workers {args.workers}: must be 0 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    if args.min_lr is None:
+        args.min_lr = args.lr * 0.01
+    if not 0 <= args.min_lr <= args.lr:
+        raise UserError(f"--min-lr {args.min_lr}: must lie between 0 and --lr {args.lr}")
+    if args.weights and not Path(args.weights).is_file():
+        raise UserError(f"--weights {args.weights}: file not found")
+    if args.class_weights is not None and args.class_weights.strip().lower() != "auto":
+        parse_class_weights(args.class_weights, args.num_classes, None)  # type: ignore[arg-type]
+    if args.save_dir is None:
+        if args.resume and args.resume != "auto":
+            args.save_dir = str(Path(args.resume).parent)
+        else:
+            args.save_dir = time.strftime("logs/%Y_%m_%d_%H_%M_%S")
+    if args.resume == "auto":
+        if "save_dir" not in given and not args.demo:
+            raise UserError("--resume auto continues the run in --save-dir: give --save-dir (the folder holding "
+                            "last.pth), or --resume PATH")
+        candidate = Path(args.save_dir) / "last.pth"
+        args.resume = str(candidate) if candidate.is_file() else None
+        if args.resume is None:
+            print(f"--resume auto: no {candidate} yet, starting a new run")
+    elif args.resume and not Path(args.resume).is_file():
+        raise UserError(f"--resume {args.resume}: file not found (use auto for {args.save_dir}/last.pth)")
+    if not args.resume and (Path(args.save_dir) / "last.pth").exists():
+        # A new run would replace the checkpoints, metrics.csv, config.json and TensorBoard curves.
+        raise UserError(f"--save-dir {args.save_dir} already holds a run (last.pth): continue it with --resume auto "
+                        "or choose another --save-dir")
+    return args

@@ -1,0 +1,143 @@
+"""Building a training run from validated flags: datasets and loaders, model, loss, optimizer, schedule.
+
+:func:`build_run` does the whole set-up once and returns a :class:`RunParts`, which the epoch
+(:mod:`utils.training.epoch`), validation (:mod:`utils.training.validate`) and checkpoint
+(:mod:`utils.training.state`) functions work on. Each phase (frozen, unfrozen) gets its own
+training loader, since the phases train at their own batch sizes; a single optimizer holds all
+parameters from the start, as in the original recipe, so its state carries across phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from nets.deeplabv3_plus import DeepLab
+from nets.losses import build_criterion
+from utils.checkpoint import load_weights, read_weights_file, split_checkpoint
+from utils.data.dataset import SegmentationDataset
+from utils.data.loader import SeededLoader, build_loader
+from utils.errors import UserError
+from utils.training.distributed import DistContext, convert_sync_bn
+from utils.training.optim import build_optimizer, parse_class_weights
+from utils.training.rng import seed_everything
+from utils.training.schedule import Phase, SchedulePlan, build_scheduler, scaled_lr
+
+
+@dataclass
+class RunParts:
+    """What a run trains with. ``loaders`` maps ``frozen`` (True / False) to that phase's training loader."""
+
+    args: argparse.Namespace
+    ctx: DistContext
+    config: dict[str, Any]
+    net: nn.Module
+    init_note: str
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    loaders: dict[bool, SeededLoader]
+    val_loader: SeededLoader
+    class_weights: torch.Tensor | None
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    plan: SchedulePlan
+    scheduler: LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on."""
+        return self.ctx.device
+
+    @property
+    def cuda(self) -> bool:
+        """Whether this process trains on a GPU (channels-last, fp16 autocast, gradient scaling)."""
+        return self.ctx.device.type == "cuda"
+
+
+def per_rank(batch: int, ctx: DistContext) -> int:
+    """The images per process of a global batch of ``batch`` images."""
+    return max(1, batch // ctx.world_size)
+
+
+def check_batch(flag: str, batch: int, train_set: SegmentationDataset, args: argparse.Namespace,
+                ctx: DistContext) -> None:
+    """UserError when ``batch`` cannot train: under 2 images per process, or more than the split holds."""
+    batch_per_rank = per_rank(batch, ctx)
+    available = len(train_set) // ctx.world_size
+    if ctx.world_size > 1 and batch_per_rank < 2:
+        raise UserError(f"{flag} {batch} over {ctx.world_size} processes leaves {batch_per_rank} image per "
+                        "process; BatchNorm needs at least 2: raise the batch size")
+    if batch_per_rank > available:
+        raise UserError(f"{flag} {batch} is larger than the training split ({len(train_set)} images in "
+                        f"{args.data_root}/ImageSets/Segmentation/train.txt"
+                        + (f", {available} per process" if ctx.world_size > 1 else "")
+                        + "): lower it or add images")
+
+
+def build_model(args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
+    """The DeepLab of the flags with ``--weights`` loaded where they fit; returns it and how it was initialised."""
+    net = DeepLab(args.num_classes, args.backbone, pretrained=args.pretrained,
+                  downsample_factor=args.downsample_factor)
+    note = "ImageNet backbone" if args.pretrained else "random"
+    if args.weights:
+        state, _ = split_checkpoint(read_weights_file(args.weights), args.weights)
+        report = load_weights(net, state, strict=False, source=args.weights)
+        if not report.loaded:
+            raise UserError(f"--weights {args.weights}: no tensor matches this model "
+                            f"({args.backbone}, {args.num_classes} classes)")
+        note = f"{args.weights} ({len(report.loaded)} tensors)"
+        if is_main:
+            print(f"--weights {args.weights}: {report.summary()}")
+    return net, note
+
+
+def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
+    """Seed, then build the datasets, loaders, model, loss, optimizer and LR schedule of a run."""
+    cuda = ctx.device.type == "cuda"
+    seed_everything(args.seed)
+    if args.sync_bn and ctx.enabled and not cuda:
+        raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); drop it on the CPU")
+    size = tuple(args.input_size)
+    train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names)
+    val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names)
+    phases = [(True, "frozen", args.freeze_epochs, args.freeze_batch_size, "--freeze-batch-size"),
+              (False, "unfrozen", args.epochs - args.freeze_epochs, args.batch_size, "--batch-size")]
+    phases = [phase for phase in phases if phase[2] > 0]
+    for _, _, _, batch, flag in reversed(phases):
+        check_batch(flag, batch, train_set, args, ctx)
+
+    config = {"backbone": args.backbone, "num_classes": args.num_classes, "class_names": args.class_names,
+              "downsample_factor": args.downsample_factor, "input_size": list(args.input_size)}
+    config.update({k: v for k, v in vars(args).items() if k not in config and k != "argv"})
+    net, init_note = build_model(args, ctx.is_main)
+    class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
+    criterion = build_criterion(args.loss, args.dice, class_weights)
+    if args.sync_bn:
+        net = convert_sync_bn(net, ctx)
+    net.to(ctx.device)
+    if cuda:
+        net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(args.optimizer, list(net.parameters()), args.lr, args.momentum, args.weight_decay)
+
+    loaders = {frozen: build_loader(train_set, per_rank(batch, ctx), True, args.workers, args.seed, ctx.rank,
+                                    ctx.world_size) for frozen, _, _, batch, _ in phases}
+    plan = SchedulePlan(args.lr_schedule, args.epochs, tuple(
+        Phase(name, epochs, len(loaders[frozen]), *scaled_lr(args.optimizer, batch, args.lr, args.min_lr))
+        for frozen, name, epochs, batch, _ in phases))
+    val_loader = build_loader(val_set, per_rank(args.batch_size, ctx), False, args.workers, args.seed, ctx.rank,
+                              ctx.world_size)
+    return RunParts(
+        args=args, ctx=ctx, config=config, net=net, init_note=init_note, train_set=train_set, val_set=val_set,
+        loaders=loaders, val_loader=val_loader, class_weights=class_weights, criterion=criterion,
+        optimizer=optimizer, plan=plan, scheduler=build_scheduler(optimizer, plan),
+        scaler=torch.amp.GradScaler(ctx.device.type, enabled=bool(args.amp and cuda)),
+        amp_dtype=torch.float16 if cuda else torch.bfloat16,
+    )

@@ -1,0 +1,58 @@
+"""Evaluation during training: validation loss, and mIoU over the val split at full resolution.
+
+The mIoU goes through the same pipeline and metric code as ``get_miou.py`` (letterbox, predict,
+resize back, confusion matrix: :func:`utils.evaluation.split.iterate_predictions`), each rank
+scoring its share of the split and the counts summed over ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utils.data.loader import set_loader_epoch, to_device
+from utils.evaluation.confusion import ConfusionMatrix
+from utils.evaluation.split import iterate_predictions
+from utils.inference.predictor import Predictor
+from utils.training.builder import RunParts, per_rank
+from utils.training.distributed import all_reduce_sum
+from utils.training.logger import RunLogger, progress
+
+
+@torch.no_grad()
+def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]:
+    """Validation loss on the letterboxed val loader and mIoU, mPA, accuracy over the val split.
+
+    Three sample predictions go to TensorBoard; the net is left in training mode (a frozen
+    backbone stays in eval mode, see :func:`nets.deeplabv3_plus.freeze_backbone`).
+    """
+    args, ctx, net = parts.args, parts.ctx, parts.net
+    net.eval()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=parts.device)
+    set_loader_epoch(parts.val_loader, 0)
+    for images, labels in progress(parts.val_loader, len(parts.val_loader), "  val loss", ctx.is_main):
+        images, labels = to_device(images, labels, parts.device, channels_last=parts.cuda)
+        with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
+            logits = net(images)
+        loss_sum[0] += parts.criterion(logits.float(), labels).double() * images.shape[0]
+        loss_sum[1] += images.shape[0]
+    all_reduce_sum(loss_sum, ctx)
+
+    predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx))
+    matrix = ConfusionMatrix(args.num_classes, device=parts.device)
+    indices = range(ctx.rank, len(parts.val_set), ctx.world_size)
+    samples = []
+    for _, image, label, pred in iterate_predictions(predictor, parts.val_set.load_pair, indices,
+                                                     progress=ctx.is_main, desc="  val mIoU"):
+        matrix.update(pred, label)
+        if len(samples) < 3:
+            samples.append((image, label, pred))
+    matrix.all_reduce()
+    scores = matrix.scores()
+    net.train()
+    logger.log_images(epoch, samples)
+    val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
+    if ctx.is_main:
+        print(f"epoch {epoch}: val loss {val_loss:.4f}, mIoU {scores.miou:.4f}, mPA {scores.mpa:.4f}, "
+              f"accuracy {scores.accuracy:.4f}", flush=True)
+    return {"val_loss": val_loss, "miou": float(scores.miou), "mpa": float(scores.mpa),
+            "accuracy": float(scores.accuracy)}
