@@ -1,8 +1,11 @@
 """DeepLabV3+ (Chen et al., ECCV 2018): backbone, ASPP, decoder and classifier head.
 
-Key names, shapes and the computed function follow ``../shared/spec/MODEL.md`` so the
-weight files of the original release load with ``strict=True``. Inputs are RGB in
-[0, 1] (no mean/std), of any size; logits come back at the input size.
+With ``head="standard"`` (the default) key names, shapes and the computed function follow
+``../shared/spec/MODEL.md`` so the weight files of the original release load with
+``strict=True``. ``head="separable"`` is the paper's variant: every 3x3 convolution of ASPP
+and the decoder becomes an atrous depthwise-separable one (about a quarter of the FLOPs);
+it has its own keys and is trained from scratch. Inputs are RGB in [0, 1] (no mean/std),
+of any size; logits come back at the input size.
 """
 
 from __future__ import annotations
@@ -16,14 +19,69 @@ from nets.xception import Xception
 
 BACKBONES = ("mobilenet", "xception")
 DOWNSAMPLE_FACTORS = (8, 16)
+HEADS = ("standard", "separable")
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, dilation: int = 1, groups: int = 1,
+                  bias: bool = True) -> nn.Sequential:
+    """Convolution (same padding) -> BatchNorm -> ReLU, keys ``0.*`` and ``1.*`` as in the original."""
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, 1, padding, dilation=dilation, bias=True),
+        nn.Conv2d(in_channels, out_channels, kernel, 1, padding, dilation=dilation, groups=groups, bias=bias),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
+    )
+
+
+class SeparableConvBNReLU(nn.Module):
+    """Atrous separable 3x3 convolution: depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU.
+
+    The convolutions carry no bias because the BatchNorm right after each one has its own.
+    State-dict keys are ``depthwise.{0,1}.*`` and ``pointwise.{0,1}.*``.
+
+    Args:
+        in_channels: input channels (the depthwise convolution has one group per channel).
+        out_channels: output channels of the pointwise convolution.
+        dilation: dilation of the depthwise 3x3.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.depthwise = _conv_bn_relu(in_channels, in_channels, 3, dilation, groups=in_channels, bias=False)
+        self.pointwise = _conv_bn_relu(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def _conv3x3(in_channels: int, out_channels: int, dilation: int, separable: bool) -> nn.Module:
+    """The 3x3 convolution block of ASPP: plain (original keys) or atrous separable."""
+    if separable:
+        return SeparableConvBNReLU(in_channels, out_channels, dilation)
+    return _conv_bn_relu(in_channels, out_channels, 3, dilation)
+
+
+def _decoder(in_channels: int, separable: bool) -> nn.Sequential:
+    """The decoder's two 3x3 convolutions to 256 channels, each followed by Dropout (0.5, then 0.1).
+
+    The standard layout is flat (``cat_conv.0/1/4/5``) because the released weights use those keys.
+    """
+    if separable:
+        return nn.Sequential(
+            SeparableConvBNReLU(in_channels, 256),
+            nn.Dropout(0.5),
+            SeparableConvBNReLU(256, 256),
+            nn.Dropout(0.1),
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 256, 3, 1, 1),
+        nn.BatchNorm2d(256),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Conv2d(256, 256, 3, 1, 1),
+        nn.BatchNorm2d(256),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.1),
     )
 
 
@@ -34,14 +92,15 @@ class ASPP(nn.Module):
         in_channels: channels of the high-level feature.
         out_channels: channels of each branch and of the output.
         rate: dilation multiplier, ``16 // output_stride``.
+        separable: use atrous separable convolutions in the three dilated branches.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256, rate: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 256, rate: int = 1, separable: bool = False) -> None:
         super().__init__()
         self.branch1 = _conv_bn_relu(in_channels, out_channels, 1)
-        self.branch2 = _conv_bn_relu(in_channels, out_channels, 3, 6 * rate)
-        self.branch3 = _conv_bn_relu(in_channels, out_channels, 3, 12 * rate)
-        self.branch4 = _conv_bn_relu(in_channels, out_channels, 3, 18 * rate)
+        self.branch2 = _conv3x3(in_channels, out_channels, 6 * rate, separable)
+        self.branch3 = _conv3x3(in_channels, out_channels, 12 * rate, separable)
+        self.branch4 = _conv3x3(in_channels, out_channels, 18 * rate, separable)
         self.branch5_conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
         self.branch5_bn = nn.BatchNorm2d(out_channels)
         self.conv_cat = _conv_bn_relu(out_channels * 5, out_channels, 1)
@@ -63,42 +122,39 @@ class DeepLab(nn.Module):
         pretrained: load the ImageNet backbone weights from ``model_data/`` (downloaded
             from the release when absent).
         downsample_factor: output stride of the backbone, 8 or 16.
+        head: ``"standard"`` (plain 3x3 convolutions, the original release's keys) or
+            ``"separable"`` (atrous separable 3x3 convolutions in ASPP and the decoder).
 
     Raises:
-        ValueError: for an unknown backbone, an unsupported output stride or a
+        ValueError: for an unknown backbone or head, an unsupported output stride or a
             class count below 1; the message lists the allowed values.
     """
 
     def __init__(self, num_classes: int, backbone: str = "mobilenet", pretrained: bool = False,
-                 downsample_factor: int = 16) -> None:
+                 downsample_factor: int = 16, head: str = "standard") -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
         if downsample_factor not in DOWNSAMPLE_FACTORS:
             raise ValueError(f"downsample_factor (output stride) must be one of 8, 16; got {downsample_factor!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.downsample_factor = downsample_factor
+        self.head = head
         self.backbone_frozen = False
         self.backbone = (MobileNetV2 if backbone == "mobilenet" else Xception)(downsample_factor)
         if pretrained:
             from nets.pretrained import load_imagenet_backbone
 
             load_imagenet_backbone(self.backbone, backbone)
-        self.aspp = ASPP(self.backbone.high_level_channels, 256, rate=16 // downsample_factor)
+        separable = head == "separable"
+        self.aspp = ASPP(self.backbone.high_level_channels, 256, rate=16 // downsample_factor, separable=separable)
         self.shortcut_conv = _conv_bn_relu(self.backbone.low_level_channels, 48, 1)
-        self.cat_conv = nn.Sequential(
-            nn.Conv2d(256 + 48, 256, 3, 1, 1),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Conv2d(256, 256, 3, 1, 1),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.1),
-        )
+        self.cat_conv = _decoder(256 + 48, separable)
         self.cls_conv = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

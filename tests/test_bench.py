@@ -17,12 +17,16 @@ def test_bench_module_imports(name):
     assert module.__doc__
 
 
-def test_forward_bench_prints_a_row_per_output_stride(capsys):
+def test_forward_bench_prints_a_row_per_output_stride_and_head(capsys):
     from bench import bench_forward
 
     bench_forward.main(bench_forward.parse_args(["--size", "64", "--repeats", "1", "--backbones", "mobilenet",
-                                                  "--device", "cpu"]))
+                                                  "--device", "cpu", "--heads", "standard", "separable"]))
     out = capsys.readouterr().out
     assert "matmul ceiling" in out
-    rows = [line for line in out.splitlines() if line.startswith("| mobilenet |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["16", "8"]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| mobilenet |")]
+    assert [(row[1], row[2]) for row in rows] == [("16", "standard"), ("16", "separable"),
+                                                  ("8", "standard"), ("8", "separable")]
+    assert rows[0][-2:] == ["1.00x", "1.00x"]
+    assert float(rows[1][-2].removesuffix("x")) < 0.5  # separable head: far fewer FLOPs

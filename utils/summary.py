@@ -1,7 +1,7 @@
 """Model summary: parameter count and FLOPs of any DeepLabV3+ configuration.
 
 FLOPs come from ``torch.utils.flop_counter`` and count a multiply-add as two
-operations. Run ``python -m utils.summary --backbone xception --downsample-factor 8``.
+operations. Run ``python -m utils.summary --backbone xception --downsample-factor 8 --head separable``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, DeepLab
+from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
 from utils.errors import ArgumentParser, run_cli
 
 
@@ -42,6 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                             description="Parameters and FLOPs of a DeepLabV3+ configuration.")
     parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet")
     parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=16)
+    parser.add_argument("--head", choices=HEADS, default="standard",
+                        help="3x3 convolutions of ASPP and the decoder: plain or atrous separable")
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--input-size", type=int, nargs="+", default=[512], metavar=("H", "W"))
     args = parser.parse_args(argv)
@@ -53,12 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor)
+    model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor, head=args.head)
     size = (args.input_size[0], args.input_size[-1])
     params = count_parameters(model)
     flops = count_flops(model, size)
-    print(f"DeepLabV3+ {args.backbone}, output stride {args.downsample_factor}, {args.num_classes} classes, "
-          f"input {size[0]}x{size[1]}")
+    print(f"DeepLabV3+ {args.backbone}, output stride {args.downsample_factor}, {args.head} head, "
+          f"{args.num_classes} classes, input {size[0]}x{size[1]}")
     print(f"parameters: {params / 1e6:.2f} M ({params:,})")
     print(f"FLOPs:      {flops / 1e9:.2f} G per image (multiply-add counted as 2)")
     return 0
