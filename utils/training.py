@@ -451,7 +451,10 @@ class Trainer:
                 print(f"--weights {args.weights}: {report.summary()}")
         self.extra_summary = {}
         self.class_weights = parse_class_weights(args.class_weights, args.num_classes, self.train_set)
-        self.criterion = build_criterion(args.loss, args.dice, self.class_weights)
+        try:
+            self.criterion = build_criterion(args.loss, cls_weights=self.class_weights, dice=args.dice)
+        except ValueError as exc:
+            raise UserError(f"--loss {args.loss}: {exc}") from None
 
         if args.sync_bn:
             self.net = convert_sync_bn(self.net, ctx)
