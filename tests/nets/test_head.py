@@ -16,7 +16,7 @@ from torch import nn
 
 from nets.deeplabv3_plus import DeepLab, SeparableConvBNReLU, freeze_backbone, unfreeze_backbone
 from utils.errors import UserError
-from utils.fuse import fuse_bn
+from utils.inference.fuse import fuse_bn
 from utils.summary import count_flops, main, parse_args
 
 CONFIGS = [(b, s) for b in ("mobilenet", "xception") for s in (8, 16)]

@@ -109,4 +109,4 @@ def test_build_criterion_adds_dice_and_rejects_unknown_loss():
     both = build_criterion("ce", dice=True)(logits, target)
     assert both.item() == pytest.approx((ce_loss(logits, target) + dice_loss(logits, target)).item(), rel=1e-6)
     with pytest.raises(ValueError, match="ce, focal"):
-        build_criterion("lovasz")
+        build_criterion("hinge")

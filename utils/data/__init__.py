@@ -5,6 +5,7 @@
 - :mod:`~utils.data.transforms`: the letterbox and the training augmentation.
 - :mod:`~utils.data.dataset`: :class:`~utils.data.dataset.SegmentationDataset`.
 - :mod:`~utils.data.loader`: seeded loaders, samplers, worker seeding, moving batches to the device.
+- :mod:`~utils.data.label_map`: ``--label-map`` value remapping applied as labels are read.
 - :mod:`~utils.data.checks`: ``voc_annotation.py``'s split writing, dataset checks and label fixes.
 - :mod:`~utils.data.labelme`: importing labelme annotations.
 - :mod:`~utils.data.demo`: the synthetic demo dataset.

@@ -119,7 +119,10 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     config.update({k: v for k, v in vars(args).items() if k not in config and k != "argv"})
     net, init_note = build_model(args, ctx.is_main)
     class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
-    criterion = build_criterion(args.loss, args.dice, class_weights)
+    try:
+        criterion = build_criterion(args.loss, cls_weights=class_weights, dice=args.dice)
+    except ValueError as exc:
+        raise UserError(f"--loss {args.loss}: {exc}") from None
     if args.sync_bn:
         net = convert_sync_bn(net, ctx)
     net.to(ctx.device)
