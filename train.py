@@ -2,6 +2,7 @@
 
     python train.py --demo                                  # synthetic data, CPU, a few minutes
     python train.py --data-root VOCdevkit/VOC2007 --pretrained
+    python train.py --data-root data/masks --task binary --label-map 255:1 --loss bce+dice
     torchrun --nproc_per_node=4 train.py --pretrained --sync-bn --amp
 
 See the README for the full list of examples; the loop lives in utils/training/.
@@ -13,7 +14,8 @@ import argparse
 from collections.abc import Sequence
 
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS
-from nets.losses import LOSSES
+from nets.losses import TERMS
+from utils.checkpoint import TASKS
 from utils.errors import ArgumentParser, run_cli
 from utils.training.args import validate_args
 from utils.training.optim import OPTIMIZERS
@@ -32,8 +34,15 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     data = parser.add_argument_group("data and model")
     data.add_argument("--data-root", default=default("VOCdevkit/VOC2007"),
                       help="dataset in the VOC layout [%(default)s]")
+    data.add_argument("--task", choices=TASKS, default=default("multiclass"),
+                      help="multiclass: softmax over the classes; binary: one output channel read through a "
+                      "sigmoid, labels 0/1 (255 ignore) [%(default)s]")
     data.add_argument("--classes", metavar="FILE", default=default(None),
-                      help="class names, one per line, background first (sets the class count)")
+                      help="class names, one per line, background first (sets the class count; binary: the "
+                      "two names of background and foreground)")
+    data.add_argument("--label-map", metavar="SRC:DST,...|FILE", default=default(None),
+                      help="remap label values as files are read, e.g. 255:1 for 0/255 masks, or 3:1,*:0 "
+                      "(* = every other value); or a file of 'SRC DST' lines. Files are never rewritten")
     data.add_argument("--num-classes", type=int, default=default(21), help="number of classes [%(default)s]")
     data.add_argument("--backbone", choices=BACKBONES, default=default("mobilenet"), help="[%(default)s]")
     data.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=default(16),
@@ -60,8 +69,16 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     sched.add_argument("--weight-decay", type=float, default=default(1e-4), help="[%(default)s]")
     sched.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=default("cos"), help="[%(default)s]")
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--loss", choices=LOSSES, default=default("ce"), help="[%(default)s]")
+    loss.add_argument("--loss", metavar="SPEC", default=default(None),
+                      help=f"a sum of terms, each optionally weighted: e.g. bce+dice, ce+0.5*lovasz; terms: "
+                      f"{', '.join(TERMS)} [ce, binary: bce]")
     loss.add_argument("--dice", action="store_true", default=default(False), help="add the dice loss")
+    loss.add_argument("--boundary-weight", action="store_true", default=default(False),
+                      help="weight the ce/bce terms 3x near object borders")
+    loss.add_argument("--tversky-alpha", type=float, default=default(0.5),
+                      help="tversky: weight of the false positives [%(default)s]")
+    loss.add_argument("--tversky-beta", type=float, default=default(0.5),
+                      help="tversky: weight of the false negatives [%(default)s]")
     loss.add_argument("--class-weights", default=default(None), metavar="W0,W1,...|auto",
                       help="per-class loss weights, or auto (median frequency over the training labels)")
     hw = parser.add_argument_group("hardware")

@@ -25,6 +25,9 @@ from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, DeepLab
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "deeplabv3plus-toolkit/1"
+TASKS = ("multiclass", "binary")
+# The decision threshold of a binary model before validation has chosen one.
+DEFAULT_THRESHOLD = 0.5
 # Key that exists only in each backbone's state dict, used to recognise bare files.
 _BACKBONE_MARKERS = {"backbone.features.0.0.weight": "mobilenet", "backbone.conv1.weight": "xception"}
 
@@ -110,14 +113,23 @@ def split_checkpoint(obj: dict[str, Any], path: str | Path = "checkpoint"
     return state, config
 
 
+def output_channels(task: str, num_classes: int) -> int:
+    """Channels of the model's last layer: one foreground logit (read through a sigmoid) for a binary
+    model, which still has two classes (background, foreground), else one logit per class."""
+    return 1 if task == "binary" else num_classes
+
+
 def infer_config(state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> dict[str, Any]:
-    """Infer backbone and class count from a bare DeepLab state dict."""
+    """Infer backbone, task and class count from a bare DeepLab state dict (one output channel = binary)."""
     backbone = next((name for key, name in _BACKBONE_MARKERS.items() if key in state), None)
     if backbone is None or "cls_conv.weight" not in state:
         raise UserError(
             f"{path} is not a DeepLabV3+ model: it has no {' or '.join(_BACKBONE_MARKERS)} / cls_conv.weight keys."
         )
-    return {"backbone": backbone, "num_classes": int(state["cls_conv.weight"].shape[0])}
+    channels = int(state["cls_conv.weight"].shape[0])
+    if channels == 1:
+        return {"backbone": backbone, "task": "binary", "num_classes": 2}
+    return {"backbone": backbone, "task": "multiclass", "num_classes": channels}
 
 
 @dataclass
@@ -209,6 +221,11 @@ def resolve_config(state: dict[str, torch.Tensor], saved: dict | None, path: str
                         "Use a --classes file with one name per class.")
     if isinstance(config.get("input_size"), int):
         config["input_size"] = [config["input_size"], config["input_size"]]
+    if config["task"] == "binary":
+        config["threshold"] = float(config.get("threshold", DEFAULT_THRESHOLD))
+    elif overrides.get("threshold") is not None:
+        raise UserError(f"--threshold applies to binary models (one output channel); {path} is a "
+                        f"{config['num_classes']}-class model: drop --threshold")
     return config
 
 
@@ -216,12 +233,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
     """Build a DeepLab in eval mode from a checkpoint or bare state dict, and its config.
 
     ``overrides`` (``num_classes``, ``class_names``, ``downsample_factor``, ``input_size``,
-    ``backbone``) replace what the file says; a class count that contradicts the file
+    ``backbone``, ``threshold``) replace what the file says; a class count that contradicts the file
     is an error, not a silent partial load.
     """
     obj = read_weights_file(path)
     state, saved = split_checkpoint(obj, path)
     config = resolve_config(state, saved, path, **overrides)
-    model = DeepLab(config["num_classes"], config["backbone"], downsample_factor=config["downsample_factor"])
+    model = DeepLab(output_channels(config["task"], config["num_classes"]), config["backbone"],
+                    downsample_factor=config["downsample_factor"])
     load_weights(model, state, strict=True, source=path)
     return model.to(device).eval(), config

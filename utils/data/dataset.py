@@ -25,6 +25,7 @@ from utils.data.io import (
     load_image,
     load_label,
 )
+from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, read_split, size_mismatch_message
 from utils.data.transforms import augment, letterbox
 from utils.errors import UserError
@@ -38,7 +39,8 @@ class SegmentationDataset(Dataset):
     ``.contiguous()`` if you need one; the loader's collation stacks it into a contiguous batch).
     The layout, the split names and every pair's header (both files open, sizes match, label is
     single-channel) are validated in ``__init__``; label values above the class count are caught
-    cheaply when a sample is read.
+    cheaply when a sample is read. ``label_map`` (``--label-map``) remaps label values as they
+    are read; the files are never rewritten.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         train: bool,
         class_names: Sequence[str] | None = None,
+        label_map: LabelMap | None = None,
     ) -> None:
         self.root = Path(root)
+        self.label_map = label_map
         self.split = split
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
@@ -114,6 +118,11 @@ class SegmentationDataset(Dataset):
         """Path of the label of sample ``index``."""
         return self._labels[index]
 
+    def read_label(self, index: int) -> np.ndarray:
+        """The label of sample ``index`` at its original size, remapped by the dataset's label map."""
+        label = load_label(self._labels[index])
+        return label if self.label_map is None else self.label_map.apply(label)
+
     def set_rng(self, rng: np.random.Generator) -> None:
         """Use ``rng`` for the augmentation (the loader's worker seeding calls this)."""
         self.rng = rng
@@ -121,7 +130,7 @@ class SegmentationDataset(Dataset):
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read sample ``index`` at its original size: (H, W, 3) uint8 RGB image and (H, W) uint8 label."""
         image = load_image(self._images[index])
-        label = load_label(self._labels[index])
+        label = self.read_label(index)
         if image.shape[:2] != label.shape:
             raise UserError(size_mismatch_message(self._images[index], (image.shape[1], image.shape[0]),
                                                   self._labels[index], (label.shape[1], label.shape[0])))
@@ -131,7 +140,8 @@ class SegmentationDataset(Dataset):
             bad = np.unique(label[(label >= self.num_classes) & (label != IGNORE_INDEX)])
             raise UserError(f"label {self._labels[index]} holds value(s) {', '.join(map(str, bad[:8]))} but "
                             f"there are only {self.num_classes} classes (0..{self.num_classes - 1}, 255 = "
-                            "ignore). Check --num-classes / the class list, or run voc_annotation.py")
+                            "ignore)" + (f" after --label-map {self.label_map.spec()}" if self.label_map else "")
+                            + ". Check --num-classes / the class list / --label-map, or run voc_annotation.py")
         return image, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from utils.data.io import IGNORE_INDEX, save_label
 from utils.errors import UserError
 
 DEMO_CLASSES: tuple[str, ...] = ("background", "circle", "rectangle", "triangle")
+BINARY_DEMO_CLASSES: tuple[str, ...] = ("background", "object")
 _MARKER = ".demo_dataset.json"
 
 
@@ -129,12 +130,16 @@ def _write_demo(root: Path, seed: int, num_train: int, num_val: int, size: tuple
         if rng.random() < 1 / 6:
             width, height = height, width
         image, label = render_demo_sample(rng, width, height)
+        if params.get("binary"):
+            # Every ignore pixel lies inside a shape, so "not background" is exactly the objects.
+            label = np.where(label != 0, 255, 0).astype(np.uint8)
         _write_sample(root, stem, image, label)
     splits = root / "ImageSets" / "Segmentation"
     (splits / "train.txt").write_text("".join(f"{s}\n" for s in stems[:num_train]))
     (splits / "val.txt").write_text("".join(f"{s}\n" for s in stems[num_train:]))
     (splits / "trainval.txt").write_text("".join(f"{s}\n" for s in stems))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in DEMO_CLASSES))
+    names = BINARY_DEMO_CLASSES if params.get("binary") else DEMO_CLASSES
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
     (root / _MARKER).write_text(json.dumps(params))
 
 
@@ -151,18 +156,22 @@ def make_demo_dataset(
     num_train: int = 100,
     num_val: int = 20,
     size: tuple[int, int] = (200, 150),
+    binary: bool = False,
 ) -> Path:
     """Write the demo dataset to ``root`` (VOC layout + ``classes.txt``) unless it is already there.
 
     ``size`` is the largest (width, height); each image's sides vary between 80% and 100% of it,
     and about one image in six is portrait. Everything derives from ``seed``: the same arguments
-    give the same bytes. A folder that holds something else is never overwritten (:class:`UserError`).
+    give the same bytes. With ``binary`` the labels are 0/255 masks of all the shapes (how binary
+    masks are usually saved; train them with ``--task binary --label-map 255:1``). A folder that holds something else is never overwritten (:class:`UserError`).
     The files are written into a hidden sibling folder that is renamed to ``root`` only when
     complete, so an interrupted run never leaves a half-written ``root`` behind.
     """
     root = Path(root)
     params = {"seed": int(seed), "num_train": int(num_train), "num_val": int(num_val), "size": list(size),
               "version": 1}
+    if binary:
+        params["binary"] = True
     marker = root / _MARKER
     if marker.is_file():
         if _read_marker(marker) == params:

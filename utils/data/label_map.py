@@ -12,12 +12,17 @@ table such as Cityscapes' labelIds to trainIds (``utils/data/label_maps/``), or 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from utils.data.io import load_label
 from utils.errors import UserError
+
+# Label files read by check_unmapped_binary: enough to recognise a 0/255 dataset, cheap at start-up.
+BINARY_SAMPLE = 16
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,23 @@ def parse_label_map(spec: str | os.PathLike | None) -> LabelMap | None:
         items.append((parts[0].strip(), parts[1].strip()))
     pairs, default = _parse_pairs(items, repr(text))
     return LabelMap(pairs, default, text)
+
+
+def check_unmapped_binary(label_paths: Sequence[Path], label_map: LabelMap | None,
+                          sample: int = BINARY_SAMPLE) -> None:
+    """Refuse 0/255 masks for a binary model trained without a label map (255 would mean 'ignore').
+
+    Reads up to ``sample`` labels spread evenly over ``label_paths``; raises a one-line
+    :class:`UserError` naming ``--label-map 255:1`` when none of them holds a 1 and some hold
+    255 with nothing but 0 besides. With a label map nothing is read.
+    """
+    if label_map is not None or not label_paths:
+        return
+    step = max(1, len(label_paths) // sample)
+    seen: set[int] = set()
+    for path in list(label_paths)[::step][:sample]:
+        seen |= set(np.unique(load_label(path)).tolist())
+    if seen == {0, 255}:
+        folder = Path(label_paths[0]).parent
+        raise UserError(f"the labels in {folder} hold only the values 0 and 255, and a binary model reads 255 as "
+                        "'ignore', so it would learn nothing: add --label-map 255:1 (the files stay unchanged)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.data.label_map import LabelMap
 from utils.errors import UserError
 from utils.evaluation.png import read_index_view
 
@@ -28,9 +29,12 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}"
 
 
-def _score_pair(gt_path: Path, pred_path: Path, num_classes: int) -> np.ndarray:
-    """Confusion counts (C, C) of one prediction/ground-truth pair, after checking both files."""
+def _score_pair(gt_path: Path, pred_path: Path, num_classes: int, lut: np.ndarray | None = None) -> np.ndarray:
+    """Confusion counts (C, C) of one prediction/ground-truth pair, after checking both files;
+    ``lut`` (a label map's table) remaps the ground truth as it is read."""
     gt = read_index_view(gt_path)
+    if lut is not None:
+        gt = lut[gt]
     pred = read_index_view(pred_path)
     if gt.shape != pred.shape:
         raise UserError(
@@ -82,8 +86,11 @@ def score_folders(
     stems: Sequence[str],
     num_classes: int,
     workers: int | None = None,
+    label_map: LabelMap | None = None,
 ) -> np.ndarray:
     """Confusion matrix (int64, rows = ground truth) of ``pred_dir/<stem>.png`` against ``gt_dir/<stem>.png``.
+
+    ``label_map`` remaps the ground-truth values as they are read (the files stay as they are).
 
     Every file is checked before any decoding starts, so a missing file is reported at once.
     Raises ``UserError`` naming the file for: a missing prediction folder, missing ground truth
@@ -113,6 +120,7 @@ def score_folders(
             "; run --mode predict on this split first"
         )
     workers = max(1, min(workers or os.cpu_count() or 1, len(stems)))
+    lut = None if label_map is None else label_map.lut
     # One task per worker over an interleaved share of the pairs: a future per pair costs more
     # than the bookkeeping is worth. A failing pair stops every worker once it passes that index,
     # and the error of the earliest bad pair in split order is the one raised.
@@ -126,7 +134,7 @@ def score_folders(
                 break
             stem = stems[i]
             try:
-                counts += _score_pair(gt_dir / f"{stem}.png", pred_dir / f"{stem}.png", num_classes)
+                counts += _score_pair(gt_dir / f"{stem}.png", pred_dir / f"{stem}.png", num_classes, lut)
             except UserError as exc:
                 with lock:
                     if i < first_error[0]:

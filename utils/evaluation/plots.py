@@ -80,3 +80,24 @@ def heat_map(hist: np.ndarray, class_names: Sequence[str], path: Path) -> None:
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(path)
+
+
+def sweep_chart(rows: Sequence[dict], path: Path, chosen: float | None = None) -> None:
+    """Foreground IoU, Dice, precision and recall (in %) against the decision threshold of a binary model."""
+    fig = _new_figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    thresholds = [row["threshold"] for row in rows]
+    for key, label in (("iou", "IoU"), ("dice", "Dice"), ("precision", "precision"), ("recall", "recall")):
+        values = [np.nan if row[key] is None else 100 * row[key] for row in rows]
+        ax.plot(thresholds, values, marker=".", label=label)
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"threshold {chosen:g}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("threshold on the foreground probability")
+    ax.set_ylabel("%")
+    ax.set_title("Threshold sweep (pixels pooled over the split)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)

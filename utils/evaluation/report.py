@@ -12,11 +12,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from utils.evaluation.plots import bar_chart, heat_map
+from utils.evaluation.plots import bar_chart, heat_map, sweep_chart
 from utils.evaluation.scores import Scores, as_numpy, nanmean
 
 
@@ -26,10 +27,13 @@ def _percent(value: float) -> str:
 
 
 def format_table(scores: Scores, class_names: Sequence[str]) -> str:
-    """The per-class table (name, IoU, recall, precision, F1 in %, ground-truth pixels) as text."""
+    """The per-class table (name, IoU, recall, precision, Dice in %, ground-truth pixels) as text.
+
+    Dice (2TP / (2TP + FP + FN)) is the same number as F1, the harmonic mean of precision and recall.
+    """
     _check_names(scores, class_names)
     width = max([len("class"), *(len(name) for name in class_names)])
-    header = f"{'class':<{width}}  {'IoU':>7}  {'Recall':>7}  {'Prec.':>7}  {'F1':>7}  {'GT pixels':>12}"
+    header = f"{'class':<{width}}  {'IoU':>7}  {'Recall':>7}  {'Prec.':>7}  {'Dice':>7}  {'GT pixels':>12}"
     lines = [header, "-" * len(header)]
     for i, name in enumerate(class_names):
         lines.append(
@@ -66,11 +70,14 @@ def write_report(
     matrix: np.ndarray | torch.Tensor,
     class_names: Sequence[str],
     out_dir: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.csv, the bar charts and the heat map into ``out_dir``.
 
+    ``extra`` entries are added to metrics.json (a binary model's foreground scores and its
+    threshold sweep); a ``sweep`` among them is also drawn as threshold_sweep.png.
     Returns the written paths by short name (``json``, ``csv``, ``miou``, ``mpa``, ``recall``,
-    ``precision``, ``heatmap``).
+    ``precision``, ``heatmap``, and ``sweep`` when drawn).
     """
     _check_names(scores, class_names)
     hist = as_numpy(matrix).astype(np.int64)
@@ -99,6 +106,7 @@ def write_report(
                 "iou": _json_number(scores.iou[i]),
                 "recall": _json_number(scores.recall[i]),
                 "precision": _json_number(scores.precision[i]),
+                "dice": _json_number(scores.f1[i]),
                 "f1": _json_number(scores.f1[i]),
                 "gt_pixels": int(scores.gt_pixels[i]),
                 "pred_pixels": int(scores.pred_pixels[i]),
@@ -106,6 +114,10 @@ def write_report(
             for i, name in enumerate(class_names)
         ],
     }
+    report.update(extra or {})
+    if report.get("sweep"):
+        paths["sweep"] = out / "threshold_sweep.png"
+        sweep_chart(report["sweep"], paths["sweep"], report.get("threshold"))
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -15,14 +15,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from utils.data.dataset import SegmentationDataset
 from utils.data.io import load_image, save_label
+from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, read_split
 from utils.errors import UserError
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.folders import score_folders
+from utils.evaluation.threshold import ThresholdSweep
 from utils.inference.predictor import Predictor
 
 
@@ -74,19 +77,26 @@ def iterate_predictions(
     scales: Sequence[float] = (0.75, 1.0, 1.25),
     progress: bool = True,
     desc: str = "predict",
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray]]:
-    """Yield ``(index, image, label, mask)`` for each index, predicting a batch at a time.
+    with_prob: bool = False,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray, torch.Tensor | None]]:
+    """Yield ``(index, image, label, mask, prob)`` for each index, predicting a batch at a time.
 
     ``load(index)`` returns ``(image, label or None)``; the next batch is read in a thread
     while the current one runs through the network. Masks are at each image's original size.
+    ``prob`` is None unless ``with_prob``: then the probability map of
+    :meth:`~utils.inference.predictor.Predictor.predict_with_prob` (on the predictor's device).
     """
     batches = _batches(list(indices), predictor.batch_size)
     with ThreadPoolExecutor(1) as reader, \
             tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
         for batch, pairs in zip(batches, _prefetch(load, batches, reader), strict=True):
-            masks = predictor.predict([image for image, _ in pairs], tta=tta, scales=scales)
-            for index, (image, label), mask in zip(batch, pairs, masks, strict=True):
-                yield index, image, label, mask
+            images = [image for image, _ in pairs]
+            if with_prob:
+                results = predictor.predict_with_prob(images, tta=tta, scales=scales)
+            else:
+                results = [(mask, None) for mask in predictor.predict(images, tta=tta, scales=scales)]
+            for index, (image, label), (mask, prob) in zip(batch, pairs, results, strict=True):
+                yield index, image, label, mask, prob
             bar.update(len(batch))
 
 
@@ -99,17 +109,22 @@ def predict_split(
     tta: bool = False,
     scales: Sequence[float] = (0.75, 1.0, 1.25),
     progress: bool = True,
+    label_map: LabelMap | None = None,
+    sweep: ThresholdSweep | None = None,
 ) -> int:
     """Predict every image of ``split`` at its original size; return the number of images.
 
     With ``pred_dir`` each mask is written as ``<pred_dir>/<stem>.png`` (palette PNG with the VOC
     colours whose pixel values are the class indices). With ``matrix`` each mask is scored in
     memory against ``SegmentationClass/<stem>.png`` (the split's labels are checked before any
-    prediction starts). ``tta`` averages the probabilities of horizontal flips and ``scales``.
+    prediction starts), remapped by ``label_map``; with ``sweep`` (a binary model, ``matrix`` given)
+    the foreground probabilities are counted at every threshold too. ``tta`` averages the
+    probabilities of horizontal flips and ``scales``.
     """
     root = Path(root)
     if matrix is not None:
-        dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False)
+        dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False,
+                                      label_map=label_map)
         stems = dataset.stems
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -126,10 +141,13 @@ def predict_split(
         pred_dir.mkdir(parents=True, exist_ok=True)
     writes: list[Future] = []
     with ThreadPoolExecutor(1) as writer:
-        for index, _, label, mask in iterate_predictions(predictor, load, range(len(stems)), tta=tta,
-                                                         scales=scales, progress=progress):
+        for index, _, label, mask, prob in iterate_predictions(predictor, load, range(len(stems)), tta=tta,
+                                                               scales=scales, progress=progress,
+                                                               with_prob=sweep is not None and matrix is not None):
             if matrix is not None:
                 matrix.update(mask, label)
+                if sweep is not None:
+                    sweep.update(prob, label)
             if pred_dir is not None:
                 writes.append(writer.submit(save_label, mask, pred_dir / f"{stems[index]}.png"))
             # Surface a failed write (disk full, permissions) early, without waiting on the rest.
@@ -147,8 +165,11 @@ def score_split(
     pred_dir: str | os.PathLike,
     num_classes: int,
     workers: int | None = None,
+    label_map: LabelMap | None = None,
 ) -> np.ndarray:
-    """Confusion matrix of the PNGs in ``pred_dir`` against the split's labels (see ``score_folders``)."""
+    """Confusion matrix of the PNGs in ``pred_dir`` against the split's labels, remapped by ``label_map``
+    (see ``score_folders``)."""
     root = Path(root)
     stems = read_split(root, split)
-    return score_folders(root / "SegmentationClass", pred_dir, stems, num_classes, workers=workers)
+    return score_folders(root / "SegmentationClass", pred_dir, stems, num_classes, workers=workers,
+                         label_map=label_map)

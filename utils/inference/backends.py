@@ -22,6 +22,7 @@ from utils.device import resolve_precision
 from utils.errors import UserError
 from utils.inference.fuse import fuse_bn
 from utils.inference.onnx_export import CONFIG_KEY as ONNX_CONFIG_KEY
+from utils.inference.onnx_export import PROB_OUTPUT_NAME
 
 
 class TorchBackend:
@@ -62,7 +63,8 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """ONNX Runtime forward with the same contract as :class:`TorchBackend` (CPU tensors in and out)."""
+    """ONNX Runtime forward with the same contract as :class:`TorchBackend` (CPU tensors in and out),
+    except that a binary export returns probabilities (``outputs_probabilities``), not logits."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         from utils.inference.onnx_export import make_session
@@ -77,6 +79,8 @@ class OnnxBackend:
         dims = model_input.shape[2:]
         self.fixed_size = tuple(dims) if len(dims) == 2 and all(isinstance(d, int) for d in dims) else None
         self.device = torch.device("cpu")
+        # A binary model's export ends in its sigmoid: the Predictor must not apply it again.
+        self.outputs_probabilities = self.session.get_outputs()[0].name == PROB_OUTPUT_NAME
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.fixed_size is not None and tuple(batch.shape[2:]) != self.fixed_size:

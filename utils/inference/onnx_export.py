@@ -1,7 +1,8 @@
 """ONNX export with verification, and the ONNX Runtime session used by ``--onnx`` and the benchmark.
 
 The graph takes ``images`` float32 (N, 3, H, W) in [0, 1] and returns ``logits``
-(N, C, H, W), exactly like ``DeepLab.forward``; letterbox and post-processing stay in
+(N, C, H, W), exactly like ``DeepLab.forward``; a binary model (one output channel) returns
+``probabilities`` (N, 1, H, W) instead, the sigmoid being part of the graph. Letterbox and post-processing stay in
 :class:`utils.inference.predictor.Predictor`, shared with PyTorch. With ``dynamic`` the batch,
 height and width are symbolic: the model's final ``F.interpolate`` to the input size
 is exported as a ``Resize`` whose target comes from ``Shape(images)``, so any size works.
@@ -34,8 +35,27 @@ from utils.errors import UserError
 DEFAULT_OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# Output name of a binary model's export, whose graph ends in the sigmoid.
+PROB_OUTPUT_NAME = "probabilities"
 # Metadata key holding the model config (read back by utils.inference.backends.OnnxBackend).
 CONFIG_KEY = "deeplabv3plus_config"
+
+
+class SigmoidOutput(nn.Module):
+    """A one-channel (binary) model followed by its sigmoid: the exported graph outputs probabilities."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).sigmoid()
+
+
+def _is_binary(net: nn.Module) -> bool:
+    """Whether ``net`` has one output channel (its classifier ``cls_conv``)."""
+    cls_conv = getattr(net, "cls_conv", None)
+    return cls_conv is not None and cls_conv.out_channels == 1
 
 
 @dataclass
@@ -93,7 +113,7 @@ def _finish(path: Path, config: dict[str, Any] | None, simplify: bool) -> None:
         model = _simplify(model)
     if config:
         keep = {k: config.get(k) for k in ("backbone", "num_classes", "class_names", "downsample_factor",
-                                           "input_size")}
+                                           "input_size", "task", "threshold") if k in config}
         entry = model.metadata_props.add()
         entry.key, entry.value = CONFIG_KEY, json.dumps(keep)
     onnx.save(model, str(path))
@@ -165,6 +185,9 @@ def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], 
                        dynamic: bool, opset: int, simplify: bool, exporter: str) -> list[Verification]:
     """Write the graph (simplified, with metadata) to ``path`` and compare it with PyTorch."""
     net = getattr(model, "module", model)
+    output_name = OUTPUT_NAME
+    if _is_binary(net):
+        net, output_name = SigmoidOutput(net), PROB_OUTPUT_NAME
     param = next(net.parameters())
     was_training = net.training
     net.eval()
@@ -177,16 +200,16 @@ def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], 
                 # The TorchScript exporter is deprecated in favour of dynamo but is 10x faster here and
                 # produces the same, verified graph; the warning would only confuse users.
                 warnings.simplefilter("ignore")
-                torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[output_name],
                                   opset_version=opset, dynamo=False, do_constant_folding=True,
-                                  dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if dynamic else None)
+                                  dynamic_axes={INPUT_NAME: axes, output_name: axes} if dynamic else None)
         else:
             shapes = None
             if dynamic:
                 dims = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=16, max=8192),
                         torch.export.Dim("width", min=16, max=8192))
                 shapes = {"x": {0: dims[0], 2: dims[1], 3: dims[2]}}
-            torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[output_name],
                               opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
     finally:
         net.train(was_training)

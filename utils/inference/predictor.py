@@ -6,8 +6,10 @@ PyTorch or ONNX Runtime, with exactly the same pre- and post-processing.
 
 Post-processing happens in torch on the backend's device: softmax over classes, crop of
 the letterbox content box, bilinear resize of the class probabilities to the original
-size (``align_corners=False``, as the original's ``cv2.resize``), argmax. Test-time
-augmentation averages the probabilities over scales and a horizontal flip.
+size (``align_corners=False``, as the original's ``cv2.resize``), argmax. A binary model
+(one output channel) goes through a sigmoid instead, and a pixel is foreground when its
+probability reaches the model's threshold. Test-time augmentation averages the
+probabilities over scales and a horizontal flip.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.checkpoint import load_model
+from utils.checkpoint import DEFAULT_THRESHOLD, load_model
 from utils.data.io import default_class_names
 from utils.data.transforms import letterbox
 from utils.device import resolve_device
@@ -35,6 +37,28 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
         return logits.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
     return logits.softmax(1)
+
+
+def _probabilities(output: torch.Tensor, already: bool = False) -> torch.Tensor:
+    """Probabilities of a batch of network outputs: sigmoid for one channel (binary), else softmax;
+    ``already`` when the backend returns probabilities (a binary ONNX export has the sigmoid inside)."""
+    if already:
+        return output
+    return output.sigmoid() if output.shape[1] == 1 else _softmax(output)
+
+
+def labels_and_prob(probs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class index per pixel (uint8) and its probability map, from (C, H, W) probabilities.
+
+    One channel is a binary model's foreground probability: the label is 1 where it reaches
+    ``threshold``, and the map is that foreground probability. With C >= 2 the label is the
+    most probable class and the map that class's probability (both from one ``max`` pass).
+    """
+    if probs.shape[0] == 1:
+        return (probs[0] >= threshold).to(torch.uint8), probs[0]
+    hwc = probs.permute(1, 2, 0)
+    values, indices = hwc.max(-1) if hwc.is_contiguous() else probs.max(0)
+    return indices.to(torch.uint8), values
 
 
 def _argmax_classes(probs: torch.Tensor) -> torch.Tensor:
@@ -54,7 +78,8 @@ class Predictor:
     Args:
         model: a DeepLab; it is not modified (an optimised copy is used) unless ``optimize=False``,
             in which case it is only switched to eval mode.
-        config: at least ``num_classes`` and ``input_size`` ([h, w]); ``class_names`` optional.
+        config: at least ``num_classes`` and ``input_size`` ([h, w]); ``class_names`` optional;
+            ``task`` (``binary`` for a one-channel model, which has 2 classes) and its ``threshold``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` ...
         batch_size: images per forward pass.
         optimize / channels_last / precision: see :class:`TorchBackend` and :func:`resolve_precision`.
@@ -72,6 +97,8 @@ class Predictor:
         self.device: torch.device = backend.device
         self.config = dict(config)
         self.num_classes = int(config["num_classes"])
+        self.task: str = config.get("task") or "multiclass"
+        self.threshold = float(config.get("threshold") or DEFAULT_THRESHOLD)
         names = config.get("class_names")
         self.class_names: list[str] = list(names) if names else default_class_names(self.num_classes)
         size = config.get("input_size") or [512, 512]
@@ -109,7 +136,8 @@ class Predictor:
             config["input_size"] = list(backend.fixed_size)
         output_shape = backend.session.get_outputs()[0].shape
         if "num_classes" not in config and len(output_shape) == 4 and isinstance(output_shape[1], int):
-            config["num_classes"] = output_shape[1]
+            binary = output_shape[1] == 1
+            config.update(num_classes=2 if binary else output_shape[1], task="binary" if binary else "multiclass")
         names = overrides.get("class_names")
         if names is not None and "num_classes" in config and len(names) != config["num_classes"]:
             raise UserError(f"{path} was exported for {config['num_classes']} classes, but {len(names)} class "
@@ -135,11 +163,12 @@ class Predictor:
         for chunk in self._chunks(images, self.batch_size):
             placed = [letterbox(image, size) for image in chunk]
             batch = self._to_batch([canvas for canvas, _, _ in placed])
+            already = getattr(self.backend, "outputs_probabilities", False)
             if flip:
-                probs = _softmax(self.backend(torch.cat((batch, batch.flip(3)))))
+                probs = _probabilities(self.backend(torch.cat((batch, batch.flip(3)))), already)
                 probs = (probs[:len(chunk)] + probs[len(chunk):].flip(3)) * 0.5
             else:
-                probs = _softmax(self.backend(batch))
+                probs = _probabilities(self.backend(batch), already)
             for image, (_, _, box), prob in zip(chunk, placed, probs, strict=True):
                 crop = prob[None, :, box.top:box.top + box.height, box.left:box.left + box.width]
                 height, width = image.shape[:2]
@@ -151,6 +180,8 @@ class Predictor:
     def predict_proba(self, images: Sequence[np.ndarray], tta: bool = False,
                       scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[torch.Tensor]:
         """Class probabilities (C, H, W) float32 at each image's original size, on the predictor's device.
+
+        A binary model gives one channel: the foreground probability.
 
         Args:
             images: RGB uint8 arrays (H, W, 3), sizes may differ.
@@ -173,8 +204,24 @@ class Predictor:
 
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
-        """Class-index masks uint8 (H, W) at each image's original size (see :meth:`predict_proba`)."""
+        """Class-index masks uint8 (H, W) at each image's original size (see :meth:`predict_proba`);
+        a binary model's mask is 1 where the foreground probability reaches :attr:`threshold`."""
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
         probs = self.predict_proba(images, tta=tta, scales=scales, flip=flip)
-        return [_argmax_classes(p).to(torch.uint8).cpu().numpy() for p in probs]
+        return [(labels_and_prob(p, self.threshold)[0] if p.shape[0] == 1 else _argmax_classes(p).to(torch.uint8))
+                .cpu().numpy() for p in probs]
+
+    def predict_with_prob(self, images: Sequence[np.ndarray], tta: bool = False,
+                          scales: Sequence[float] = (0.75, 1.0, 1.25),
+                          flip: bool = True) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """``(mask, prob)`` per image: the mask of :meth:`predict` and, from the same probabilities, the
+        foreground probability (binary) or the predicted class's probability (H, W), float32 on the device.
+
+        Only the (C, H, W) probabilities of one batch are alive at a time.
+        """
+        out = []
+        for p in self.predict_proba(images, tta=tta, scales=scales, flip=flip):
+            mask, prob = labels_and_prob(p, self.threshold)
+            out.append((mask.cpu().numpy(), prob))
+        return out

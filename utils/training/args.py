@@ -11,8 +11,10 @@ import math
 import time
 from pathlib import Path
 
+from nets.losses import build_criterion
 from utils.data.demo import DEMO_CLASSES
 from utils.data.io import VOC_CLASSES, read_class_names
+from utils.data.label_map import parse_label_map
 from utils.errors import UserError
 from utils.training.demo import apply_demo_settings
 from utils.training.optim import parse_class_weights
@@ -22,7 +24,9 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
     """Check every flag before anything heavy happens; fill in derived values (class names, min lr, paths)."""
     if args.demo:
         apply_demo_settings(args, given)
-    if args.classes:
+    if args.task == "binary":
+        _binary_classes(args, given)
+    elif args.classes:
         names = read_class_names(args.classes)
         if "num_classes" in given and args.num_classes != len(names):
             raise UserError(f"--num-classes {args.num_classes} contradicts --classes {args.classes} "
@@ -33,6 +37,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
         if args.demo:
             demo_names = list(DEMO_CLASSES) if args.num_classes == len(DEMO_CLASSES) else None
         args.class_names = demo_names or (list(VOC_CLASSES) if args.num_classes == len(VOC_CLASSES) else None)
+    _loss_settings(args)
     if args.num_classes < 2:
         raise UserError(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
     if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
@@ -84,3 +89,28 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
         raise UserError(f"--save-dir {args.save_dir} already holds a run (last.pth): continue it with --resume auto "
                         "or choose another --save-dir")
     return args
+
+
+def _binary_classes(args: argparse.Namespace, given: set[str]) -> None:
+    """``--task binary``: two classes (background, foreground), named by a two-line --classes file."""
+    names = read_class_names(args.classes) if args.classes else ["background", "foreground"]
+    if len(names) != 2:
+        raise UserError(f"--classes {args.classes} lists {len(names)} names; --task binary takes exactly two "
+                        "(background first, then the foreground)")
+    if "num_classes" in given and args.num_classes != 2:
+        raise UserError(f"--num-classes {args.num_classes}: a binary model has 2 classes (background and "
+                        "foreground); drop --num-classes")
+    args.num_classes, args.class_names = 2, names
+
+
+def _loss_settings(args: argparse.Namespace) -> None:
+    """Default --loss by task, check the spec, and record --label-map in its inline form (for the checkpoint)."""
+    if args.loss is None:
+        args.loss = "bce" if args.task == "binary" else "ce"
+    try:
+        build_criterion(args.loss, mode=args.task, boundary_weight=args.boundary_weight,
+                        tversky_alpha=args.tversky_alpha, tversky_beta=args.tversky_beta, dice=args.dice)
+    except ValueError as exc:
+        raise UserError(f"--loss {args.loss}: {exc}") from None
+    label_map = parse_label_map(args.label_map)
+    args.label_map = None if label_map is None else label_map.spec()

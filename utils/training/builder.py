@@ -20,8 +20,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from nets.deeplabv3_plus import DeepLab
 from nets.losses import build_criterion
-from utils.checkpoint import load_weights, read_weights_file, split_checkpoint
+from utils.checkpoint import DEFAULT_THRESHOLD, load_weights, output_channels, read_weights_file, split_checkpoint
 from utils.data.dataset import SegmentationDataset
+from utils.data.label_map import check_unmapped_binary, parse_label_map
 from utils.data.loader import SeededLoader, build_loader
 from utils.errors import UserError
 from utils.training.distributed import DistContext, convert_sync_bn
@@ -84,7 +85,7 @@ def check_batch(flag: str, batch: int, train_set: SegmentationDataset, args: arg
 
 def build_model(args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
     """The DeepLab of the flags with ``--weights`` loaded where they fit; returns it and how it was initialised."""
-    net = DeepLab(args.num_classes, args.backbone, pretrained=args.pretrained,
+    net = DeepLab(output_channels(args.task, args.num_classes), args.backbone, pretrained=args.pretrained,
                   downsample_factor=args.downsample_factor)
     note = "ImageNet backbone" if args.pretrained else "random"
     if args.weights:
@@ -106,8 +107,13 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     if args.sync_bn and ctx.enabled and not cuda:
         raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); drop it on the CPU")
     size = tuple(args.input_size)
-    train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names)
-    val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names)
+    label_map = parse_label_map(args.label_map)
+    train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names,
+                                    label_map)
+    val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names,
+                                  label_map)
+    if args.task == "binary":
+        check_unmapped_binary([train_set.label_path(i) for i in range(len(train_set))], label_map)
     phases = [(True, "frozen", args.freeze_epochs, args.freeze_batch_size, "--freeze-batch-size"),
               (False, "unfrozen", args.epochs - args.freeze_epochs, args.batch_size, "--batch-size")]
     phases = [phase for phase in phases if phase[2] > 0]
@@ -115,12 +121,18 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
         check_batch(flag, batch, train_set, args, ctx)
 
     config = {"backbone": args.backbone, "num_classes": args.num_classes, "class_names": args.class_names,
-              "downsample_factor": args.downsample_factor, "input_size": list(args.input_size)}
+              "downsample_factor": args.downsample_factor, "input_size": list(args.input_size), "task": args.task,
+              "label_map": args.label_map}
+    if args.task == "binary":
+        # Replaced by the threshold of the best foreground IoU at each validation.
+        config["threshold"] = DEFAULT_THRESHOLD
     config.update({k: v for k, v in vars(args).items() if k not in config and k != "argv"})
     net, init_note = build_model(args, ctx.is_main)
     class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
     try:
-        criterion = build_criterion(args.loss, cls_weights=class_weights, dice=args.dice)
+        criterion = build_criterion(args.loss, mode=args.task, cls_weights=class_weights,
+                                    boundary_weight=args.boundary_weight, tversky_alpha=args.tversky_alpha,
+                                    tversky_beta=args.tversky_beta, dice=args.dice)
     except ValueError as exc:
         raise UserError(f"--loss {args.loss}: {exc}") from None
     if args.sync_bn:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from utils.data.io import voc_palette
 from utils.inference.visualize import colorize
 
-METRIC_FIELDS = ("epoch", "phase", "lr", "train_loss", "val_loss", "miou", "mpa", "accuracy", "seconds",
-                 "images_per_s")
+METRIC_FIELDS = ("epoch", "phase", "lr", "train_loss", "val_loss", "miou", "mpa", "accuracy", "iou", "dice",
+                 "threshold", "seconds", "images_per_s")
 # All 256 VOC colours, so that the ignore value 255 in ground-truth masks shows in its usual cream.
 VOC_COLOURS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from utils.data.dataset import SegmentationDataset
-from utils.data.io import load_label
 from utils.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -40,7 +39,7 @@ def median_frequency_weights(dataset: SegmentationDataset, num_classes: int) -> 
     class_pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)
     for index in range(len(dataset)):
-        label = load_label(dataset.label_path(index))
+        label = dataset.read_label(index)
         counts = np.bincount(label.ravel(), minlength=256)[:num_classes].astype(np.int64)
         valid = int(counts.sum())
         class_pixels += counts

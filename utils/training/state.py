@@ -87,10 +87,11 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
         if saved.get(key) not in (None, getattr(args, key)):
             raise UserError(f"--resume {path} was trained with {flag} {saved[key]}, but this run has {flag} "
                             f"{getattr(args, key)}: pass {flag} {saved[key]} to continue it")
-    for key, what, hint in (("backbone", "the {} backbone", "pass --backbone {}"),
+    for key, what, hint in (("task", "--task {}", "pass --task {}"),
+                            ("backbone", "the {} backbone", "pass --backbone {}"),
                             ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
                             ("downsample_factor", "output stride {}", "pass --downsample-factor {}")):
-        if saved.get(key) != parts.config[key]:
+        if saved.get(key, "multiclass" if key == "task" else None) != parts.config[key]:
             raise UserError(f"--resume {path} was trained with {what.format(saved.get(key))}, but this run has "
                             f"{what.format(parts.config[key])}: {hint.format(saved.get(key))} to continue it, "
                             "or start a new run (--weights loads what fits)")
@@ -104,6 +105,8 @@ def load_resume(path: str, parts: RunParts) -> RunProgress:
                         "optimizer state); use --weights to start from its weights instead")
     _check_compatible(path, obj.get("config") or {}, parts)
     load_weights(parts.net, obj["model"], strict=True, source=path)
+    if "threshold" in (obj.get("config") or {}):
+        parts.config["threshold"] = obj["config"]["threshold"]
     try:
         parts.optimizer.load_state_dict(obj["optimizer"])
     except ValueError as exc:

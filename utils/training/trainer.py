@@ -92,9 +92,11 @@ class Trainer:
                 if (epoch + 1) % args.eval_period == 0 or epoch + 1 == args.epochs:
                     scores = self.evaluate(epoch + 1)
                     row.update(scores)
-                    improved = scores["miou"] > progress.best_miou
+                    # A binary run keeps the checkpoint of the best foreground IoU, the figure it is tuned for.
+                    score = scores.get("iou", scores["miou"])
+                    improved = score > progress.best_miou
                     if improved:
-                        progress.best_miou = scores["miou"]
+                        progress.best_miou = score
                     row = {k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in row.items()}
                 progress.history.append(row)
                 save_epoch(self.parts, progress, self.save_dir, epoch + 1, improved)
@@ -141,7 +143,8 @@ class Trainer:
         weights = self.save_dir / ("best.pth" if (self.save_dir / "best.pth").is_file() else "last.pth")
         example = self.parts.val_set.image_path(0)
         best = self.progress.best_miou
-        miou = f"best validation mIoU {best:.4f}" if best >= 0 else "no evaluation yet"
+        what = "foreground IoU" if self.args.task == "binary" else "mIoU"
+        miou = f"best validation {what} {best:.4f}" if best >= 0 else "no evaluation yet"
         print(f"\ndone: {miou}; weights in {weights}\n"
               f"predict:  python predict.py --weights {shlex.quote(str(weights))} {shlex.quote(str(example))}\n"
               f"evaluate: python get_miou.py --weights {shlex.quote(str(weights))} "

@@ -2,7 +2,10 @@
 
 The mIoU goes through the same pipeline and metric code as ``get_miou.py`` (letterbox, predict,
 resize back, confusion matrix: :func:`utils.evaluation.split.iterate_predictions`), each rank
-scoring its share of the split and the counts summed over ranks.
+scoring its share of the split and the counts summed over ranks. A binary model's foreground
+probabilities are also counted at every threshold of the sweep (:mod:`utils.evaluation.threshold`);
+the threshold with the best foreground IoU becomes the model's (``config["threshold"]``, saved with
+the checkpoint) and the scores are those at that threshold.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import torch
 
 from utils.data.loader import set_loader_epoch, to_device
 from utils.evaluation.confusion import ConfusionMatrix
+from utils.evaluation.scores import compute_scores
 from utils.evaluation.split import iterate_predictions
+from utils.evaluation.threshold import SWEEP_THRESHOLDS, ThresholdSweep, binary_summary
 from utils.inference.predictor import Predictor
 from utils.training.builder import RunParts, per_rank
 from utils.training.distributed import all_reduce_sum
@@ -21,6 +26,8 @@ from utils.training.logger import RunLogger, progress
 @torch.no_grad()
 def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]:
     """Validation loss on the letterboxed val loader and mIoU, mPA, accuracy over the val split.
+
+    A binary model also gets ``iou``, ``dice`` (foreground) and the chosen ``threshold``.
 
     Three sample predictions go to TensorBoard; the net is left in training mode (a frozen
     backbone stays in eval mode, see :func:`nets.deeplabv3_plus.freeze_backbone`).
@@ -39,20 +46,36 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
 
     predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx))
     matrix = ConfusionMatrix(args.num_classes, device=parts.device)
+    binary = parts.config.get("task") == "binary"
+    sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=parts.device) if binary else None
     indices = range(ctx.rank, len(parts.val_set), ctx.world_size)
     samples = []
-    for _, image, label, pred in iterate_predictions(predictor, parts.val_set.load_pair, indices,
-                                                     progress=ctx.is_main, desc="  val mIoU"):
-        matrix.update(pred, label)
+    for _, image, label, pred, prob in iterate_predictions(predictor, parts.val_set.load_pair, indices,
+                                                           progress=ctx.is_main, desc="  val mIoU", with_prob=binary):
+        if sweep is not None:
+            sweep.update(prob, label)
+        else:
+            matrix.update(pred, label)
         if len(samples) < 3:
             samples.append((image, label, pred))
-    matrix.all_reduce()
-    scores = matrix.scores()
+    extra: dict[str, float] = {}
+    if sweep is not None:
+        sweep.all_reduce()
+        threshold = sweep.best()
+        parts.config["threshold"] = threshold
+        scores = compute_scores(sweep.matrices()[sweep.thresholds.index(threshold)])
+        summary = binary_summary(scores, threshold)
+        extra = {key: float("nan") if summary[key] is None else summary[key] for key in ("iou", "dice", "threshold")}
+    else:
+        matrix.all_reduce()
+        scores = matrix.scores()
     net.train()
     logger.log_images(epoch, samples)
     val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
     if ctx.is_main:
+        binary_note = (f", foreground IoU {extra['iou']:.4f}, Dice {extra['dice']:.4f} at threshold "
+                       f"{extra['threshold']:g}") if extra else ""
         print(f"epoch {epoch}: val loss {val_loss:.4f}, mIoU {scores.miou:.4f}, mPA {scores.mpa:.4f}, "
-              f"accuracy {scores.accuracy:.4f}", flush=True)
+              f"accuracy {scores.accuracy:.4f}{binary_note}", flush=True)
     return {"val_loss": val_loss, "miou": float(scores.miou), "mpa": float(scores.mpa),
-            "accuracy": float(scores.accuracy)}
+            "accuracy": float(scores.accuracy), **extra}
