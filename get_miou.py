@@ -6,11 +6,17 @@ Examples::
     python get_miou.py --weights logs/best.pth --tta                 # flip + scales 0.75/1/1.25
     python get_miou.py --weights logs/best.pth --mode predict        # only write the index PNGs
     python get_miou.py --mode eval --classes model_data/classes.txt  # score PNGs already in --pred-dir
+    python get_miou.py --weights logs/best.pth --threshold 0.4       # binary model: another threshold
 
 Modes: ``predict`` writes one index PNG per image (original resolution, palette mode, pixel
 value = class index) into ``--pred-dir``; ``eval`` scores the PNGs in ``--pred-dir`` against
 ``SegmentationClass``; ``all`` (default) predicts and scores in memory, and also writes the
 PNGs so that ``--mode eval`` can re-score them later. The report goes to ``--out``.
+
+A binary model (``train.py --task binary``) is also scored on its foreground alone: IoU, Dice,
+precision, recall and pixel accuracy at its threshold, pixels pooled over the split, plus a
+sweep over thresholds 0.05..0.95 (table, ``threshold_sweep.png``, ``sweep`` in metrics.json).
+Labels are remapped by ``--label-map``, by default the one the model was trained with.
 """
 
 from __future__ import annotations
@@ -21,11 +27,21 @@ from pathlib import Path
 
 from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
 from utils.data.io import default_class_names, read_class_names
+from utils.data.label_map import LabelMap, parse_label_map
 from utils.errors import UserError, run_cli
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.report import format_summary, format_table, write_report
 from utils.evaluation.scores import compute_scores
 from utils.evaluation.split import predict_split, score_split
+from utils.evaluation.threshold import (
+    SWEEP_THRESHOLDS,
+    ThresholdSweep,
+    binary_summary,
+    format_binary,
+    format_sweep,
+    sweep_rows,
+    threshold_arg,
+)
 from utils.inference.predictor import Predictor
 
 
@@ -77,6 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="input-size scales for --tta (default: 0.75,1.0,1.25)")
     parser.add_argument("--workers", type=_positive, help="threads that decode PNGs in eval mode "
                         "(default: the CPU count)")
+    parser.add_argument("--threshold", type=threshold_arg, metavar="P",
+                        help="binary models: foreground where the probability reaches P (default: the "
+                        "checkpoint's threshold)")
+    parser.add_argument("--label-map", metavar="SRC:DST,...|FILE",
+                        help="remap label values as they are read, e.g. 255:1 (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -92,11 +113,21 @@ def _flag_class_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _checkpoint_class_names(weights: str, num_classes: int | None, names: list[str] | None) -> list[str]:
-    """Class names for eval mode with --weights: read the checkpoint's config, without building the model."""
+def _checkpoint_config(weights: str, num_classes: int | None, names: list[str] | None,
+                       threshold: float | None) -> dict:
+    """The checkpoint's config for eval mode with --weights, read without building the model."""
     state, saved = split_checkpoint(read_weights_file(weights), weights)
-    config = resolve_config(state, saved, weights, num_classes=num_classes, class_names=names)
-    return list(config.get("class_names") or default_class_names(config["num_classes"]))
+    return resolve_config(state, saved, weights, num_classes=num_classes, class_names=names, threshold=threshold)
+
+
+def _label_map(args: argparse.Namespace, config: dict) -> LabelMap | None:
+    """--label-map, else the map the checkpoint was trained with (None: labels as they are)."""
+    if args.label_map is not None:
+        return parse_label_map(args.label_map)
+    label_map = parse_label_map(config.get("label_map"))
+    if label_map is not None:
+        print(f"labels remapped by the checkpoint's --label-map {label_map.spec()}")
+    return label_map
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,24 +139,32 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out / "detection-results"
     names = _flag_class_names(args)
+    sweep = None
 
     if args.mode == "eval":
+        config: dict = {}
         if args.weights:
-            names = _checkpoint_class_names(args.weights, args.num_classes, names)
+            config = _checkpoint_config(args.weights, args.num_classes, names, args.threshold)
+            names = list(config.get("class_names") or default_class_names(config["num_classes"]))
         elif names is None:
             names = default_class_names(args.num_classes or 21)
-        matrix = score_split(args.data_root, args.split, pred_dir, len(names), workers=args.workers)
+        matrix = score_split(args.data_root, args.split, pred_dir, len(names), workers=args.workers,
+                             label_map=_label_map(args, config))
         print(f"scored {pred_dir} against {Path(args.data_root) / 'SegmentationClass'} ({args.split} split)")
     else:
         if not args.weights:
             raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
         predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
-                                           num_classes=args.num_classes, class_names=names)
+                                           num_classes=args.num_classes, class_names=names, threshold=args.threshold)
+        config = predictor.config
         names = predictor.class_names
         # Masks arrive on the host as uint8 arrays; numpy counts them fastest there.
         confusion = ConfusionMatrix(predictor.num_classes) if args.mode == "all" else None
+        if confusion is not None and predictor.task == "binary":
+            sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=predictor.device)
         count = predict_split(predictor, args.data_root, args.split, pred_dir, confusion, tta=args.tta,
-                              scales=args.tta_scales, progress=not args.no_progress)
+                              scales=args.tta_scales, progress=not args.no_progress,
+                              label_map=_label_map(args, config) if confusion is not None else None, sweep=sweep)
         print(f"wrote {count} prediction PNG(s) to {pred_dir}")
         if confusion is None:
             return 0
@@ -134,8 +173,16 @@ def main(args: argparse.Namespace) -> int:
     scores = compute_scores(matrix)
     print(format_table(scores, names))
     print(format_summary(scores))
-    write_report(scores, matrix, names, out)
-    print(f"report: {out / 'metrics.json'}, confusion_matrix.csv/.png, mIoU/mPA/Recall/Precision.png")
+    extra = None
+    if config.get("task") == "binary":
+        extra = binary_summary(scores, config.get("threshold"))
+        print(format_binary(extra))
+        if sweep is not None:
+            extra["sweep"] = sweep_rows(sweep)
+            print(format_sweep(extra["sweep"], extra["threshold"]))
+    paths = write_report(scores, matrix, names, out, extra=extra)
+    print(f"report: {out / 'metrics.json'}, confusion_matrix.csv/.png, mIoU/mPA/Recall/Precision.png"
+          + (", threshold_sweep.png" if "sweep" in paths else ""))
     return 0
 
 

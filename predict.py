@@ -10,6 +10,7 @@ Examples::
     python predict.py --weights logs/best.pth --fps 100
     python predict.py --weights logs/best.pth --export-onnx model.onnx --dynamic
     python predict.py --onnx model.onnx img/street.jpg
+    python predict.py --weights logs/best.pth photos/ --save-prob       # + <name>_prob.png (probabilities)
 
 All modes share :class:`utils.inference.predictor.Predictor`; drawing is in :mod:`utils.inference.visualize`.
 """
@@ -25,6 +26,7 @@ import torch
 
 from utils.device import PRECISIONS, resolve_device
 from utils.errors import ArgumentParser, UserError, run_cli
+from utils.evaluation.threshold import threshold_arg
 from utils.inference.app import build_predictor, export, interactive, predict_jobs
 from utils.inference.benchmark import fps_benchmark
 from utils.inference.inputs import find_images
@@ -59,6 +61,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.7, help="blend: weight of the colour mask (default 0.7)")
     parser.add_argument("--count", action="store_true", help="print and save (counts.csv) per-class pixel counts")
     parser.add_argument("--save-mask", action="store_true", help="also write the class-index PNG (<name>_mask.png)")
+    parser.add_argument("--save-prob", action="store_true",
+                        help="also write <name>_prob.png: the foreground probability (binary models) or the "
+                        "predicted class's probability, as grey levels 0..255 (images only, not video)")
+    parser.add_argument("--prob-bits", type=int, choices=(8, 16), default=8,
+                        help="--save-prob: 8-bit (0..255) or 16-bit (0..65535) PNGs (default: %(default)s)")
+    parser.add_argument("--threshold", type=threshold_arg, metavar="P",
+                        help="binary models: foreground where the probability reaches P (default: the "
+                        "threshold chosen on the validation split, saved in the checkpoint)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: scales 0.75/1/1.25 and flips")
     parser.add_argument("--precision", choices=PRECISIONS, default="fastest",
                         help="fastest (default): fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "
@@ -99,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if args.video is not None:
         run_video(predictor, args, run)
     elif args.inputs:
-        jobs, run.failures = find_images(args.inputs, out_dir, args.save_mask)
+        jobs, run.failures = find_images(args.inputs, out_dir, args.save_mask, args.save_prob)
         if not jobs:
             raise UserError("; ".join(run.failures) if run.failures else "no images given")
         predict_jobs(jobs, predictor, args, run)

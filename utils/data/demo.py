@@ -163,7 +163,8 @@ def make_demo_dataset(
     ``size`` is the largest (width, height); each image's sides vary between 80% and 100% of it,
     and about one image in six is portrait. Everything derives from ``seed``: the same arguments
     give the same bytes. With ``binary`` the labels are 0/255 masks of all the shapes (how binary
-    masks are usually saved; train them with ``--task binary --label-map 255:1``). A folder that holds something else is never overwritten (:class:`UserError`).
+    masks are usually saved; train them with ``--task binary --label-map 255:1``). A folder that
+    holds something else is never overwritten (:class:`UserError`).
     The files are written into a hidden sibling folder that is renamed to ``root`` only when
     complete, so an interrupted run never leaves a half-written ``root`` behind.
     """

@@ -85,12 +85,13 @@ class ThresholdSweep:
         return [compute_scores(matrix) for matrix in self.matrices()]
 
     def best(self) -> float:
-        """The threshold with the highest foreground IoU (the lowest such one on a tie); 0.5 when no
+        """The threshold with the highest foreground IoU (on a tie the one nearest 0.5); 0.5 when no
         threshold has a defined IoU (no foreground in the labels or the predictions)."""
         ious = np.array([s.iou[1] for s in self.scores()])
         if np.isnan(ious).all():
             return 0.5
-        return self.thresholds[int(np.nanargmax(ious))]
+        top = np.flatnonzero(ious == np.nanmax(ious))
+        return min((self.thresholds[i] for i in top), key=lambda t: abs(t - 0.5))
 
 
 def binary_summary(scores: Scores, threshold: float | None) -> dict[str, float | None]:

@@ -20,21 +20,26 @@ from utils.data.io import load_image, read_class_names
 from utils.errors import UserError
 from utils.inference.inputs import Job, find_images
 from utils.inference.onnx_export import export_onnx
-from utils.inference.outputs import Run, save_outputs
+from utils.inference.outputs import Run, quantize_prob, save_outputs
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
-    """PyTorch or ONNX Runtime predictor with the command-line overrides."""
+    """PyTorch or ONNX Runtime predictor with the command-line overrides (``--threshold``: binary models only)."""
     names = read_class_names(args.classes) if args.classes else None
     if args.onnx:
-        return Predictor.from_onnx(args.onnx, batch_size=args.batch_size, threads=args.threads,
-                                   class_names=names, input_size=args.input_size)
+        predictor = Predictor.from_onnx(args.onnx, batch_size=args.batch_size, threads=args.threads,
+                                        class_names=names, input_size=args.input_size, threshold=args.threshold)
+        if args.threshold is not None and predictor.task != "binary":
+            raise UserError(f"--threshold applies to binary models (one output channel); {args.onnx} is a "
+                            f"{predictor.num_classes}-class model: drop --threshold")
+        return predictor
     return Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
                                   precision=args.precision,
                                   num_classes=len(names) if names else None, class_names=names,
-                                  downsample_factor=args.downsample_factor, input_size=args.input_size)
+                                  downsample_factor=args.downsample_factor, input_size=args.input_size,
+                                  threshold=args.threshold)
 
 
 def predict_jobs(jobs: list[Job], predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
@@ -52,9 +57,14 @@ def predict_jobs(jobs: list[Job], predictor: Predictor, args: argparse.Namespace
                 progress.update(1)
         if not batch:
             continue
-        masks = predictor.predict([image for _, image in batch], tta=args.tta)
-        for (job, image), mask in zip(batch, masks, strict=True):
-            save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run)
+        images = [image for _, image in batch]
+        if args.save_prob:
+            results = [(mask, quantize_prob(prob, args.prob_bits))
+                       for mask, prob in predictor.predict_with_prob(images, tta=args.tta)]
+        else:
+            results = [(mask, None) for mask in predictor.predict(images, tta=args.tta)]
+        for (job, image), (mask, prob) in zip(batch, results, strict=True):
+            save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run, prob)
             run.segmented += 1
             progress.update(1)
     progress.close()
@@ -69,7 +79,7 @@ def interactive(predictor: Predictor, args: argparse.Namespace, run: Run) -> Non
             break
         if not name:
             break
-        jobs, failures = find_images([name], Path(args.out), args.save_mask)
+        jobs, failures = find_images([name], Path(args.out), args.save_mask, args.save_prob)
         for failure in failures:
             print(f"error: {failure}", file=sys.stderr)
         before = len(run.written)

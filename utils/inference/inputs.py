@@ -22,13 +22,14 @@ class Job:
     relative: Path
 
 
-def find_images(inputs: Sequence[str], out_dir: Path, save_mask: bool = False) -> tuple[list[Job], list[str]]:
+def find_images(inputs: Sequence[str], out_dir: Path, save_mask: bool = False,
+                save_prob: bool = False) -> tuple[list[Job], list[str]]:
     """Expand files and folders (recursively, sorted) into jobs; bad inputs become failure lines.
 
     Two inputs whose outputs would land on the same path under ``out_dir`` (``a/x.jpg`` and
     ``b/x.jpg`` given as files, or the same file twice; with ``save_mask`` also ``x.jpg`` and
-    ``x.png``, whose ``x_mask.png`` coincide) are a UserError naming both: one result must never
-    silently replace another.
+    ``x.png``, whose ``x_mask.png`` coincide, and ``x_prob.png`` with ``save_prob``) are a
+    UserError naming both: one result must never silently replace another.
     """
     jobs: list[Job] = []
     failures: list[str] = []
@@ -49,17 +50,19 @@ def find_images(inputs: Sequence[str], out_dir: Path, save_mask: bool = False) -
                             f"use one of {' '.join(IMAGE_EXTENSIONS)}")
         else:
             jobs.append(Job(path, Path(path.name)))
-    _check_distinct_outputs(jobs, out_dir, save_mask)
+    _check_distinct_outputs(jobs, out_dir, save_mask, save_prob)
     return jobs, failures
 
 
-def _check_distinct_outputs(jobs: Sequence[Job], out_dir: Path, save_mask: bool) -> None:
+def _check_distinct_outputs(jobs: Sequence[Job], out_dir: Path, save_mask: bool, save_prob: bool = False) -> None:
     """UserError when two jobs would write the same output file."""
     seen: dict[Path, Path] = {}
     for job in jobs:
         outputs = [job.relative]
         if save_mask:
             outputs.append(mask_path(job.relative))
+        if save_prob:
+            outputs.append(prob_path(job.relative))
         for output in outputs:
             if output in seen:
                 raise UserError(f"{seen[output]} and {job.source} would both be written to {out_dir / output}: "
@@ -71,3 +74,8 @@ def _check_distinct_outputs(jobs: Sequence[Job], out_dir: Path, save_mask: bool)
 def mask_path(target: Path) -> Path:
     """Where ``--save-mask`` writes the class-index PNG of the output ``target``."""
     return target.with_name(f"{target.stem}_mask.png")
+
+
+def prob_path(target: Path) -> Path:
+    """Where ``--save-prob`` writes the probability PNG of the output ``target``."""
+    return target.with_name(f"{target.stem}_prob.png")

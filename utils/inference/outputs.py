@@ -1,4 +1,4 @@
-"""predict.py's outputs: rendered images, class-index PNGs and the per-class pixel counts of a run.
+"""predict.py's outputs: rendered images, class-index PNGs, probability PNGs and the per-class pixel counts.
 
 A :class:`Run` collects what was written, the counts and the failures to report at the end;
 an input is never overwritten by its own result.
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from utils.errors import UserError
-from utils.inference.inputs import mask_path
+from utils.inference.inputs import mask_path, prob_path
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import class_counts, format_counts, mix, save_index_png, write_counts_csv
 
@@ -40,6 +41,23 @@ def write_image(rgb: np.ndarray, path: Path) -> None:
         raise UserError(f"cannot write {path}: check that the folder is writable")
 
 
+def quantize_prob(prob: torch.Tensor, bits: int = 8) -> np.ndarray:
+    """A probability map (H, W) in [0, 1] as grey levels: ``round(p * 255)`` as uint8, or with ``bits`` 16
+    ``round(p * 65535)`` as uint16; computed on the map's device, so only the small array reaches the host."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16; got {bits}")
+    top, dtype = (255, torch.uint8) if bits == 8 else (65535, torch.int32)
+    levels = (prob.float() * top).round_().clamp_(0, top).to(dtype).cpu().numpy()
+    return levels if bits == 8 else levels.astype(np.uint16)
+
+
+def write_grey(levels: np.ndarray, path: Path) -> None:
+    """Save a uint8 or uint16 single-channel array as an 8- or 16-bit grey PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), levels):
+        raise UserError(f"cannot write {path}: check that the folder is writable")
+
+
 def record(run: Run, name: str, mask: np.ndarray, num_classes: int) -> None:
     """Add the per-class pixel counts of ``mask`` to the run's total and to its per-image list as ``name``."""
     counts = class_counts(mask, num_classes)
@@ -48,8 +66,9 @@ def record(run: Run, name: str, mask: np.ndarray, num_classes: int) -> None:
 
 
 def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path, args: argparse.Namespace,
-                 predictor: Predictor, palette: np.ndarray, run: Run) -> None:
-    """Write the rendered image (and mask PNG), count classes; never over the input itself."""
+                 predictor: Predictor, palette: np.ndarray, run: Run, prob: np.ndarray | None = None) -> None:
+    """Write the rendered image (and mask PNG, and ``prob``, grey levels of :func:`quantize_prob`, as
+    ``<name>_prob.png``), count classes; never over the input itself."""
     if target.resolve() == source.resolve():
         raise UserError(f"refusing to overwrite the input {target}: choose another --out")
     write_image(mix(image, mask, args.mix, args.alpha, palette), target)
@@ -58,6 +77,10 @@ def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path
         index_png = mask_path(target)
         save_index_png(mask, index_png, palette)
         run.written.append(index_png)
+    if prob is not None:
+        grey = prob_path(target)
+        write_grey(prob, grey)
+        run.written.append(grey)
     if args.count:
         record(run, str(target), mask, predictor.num_classes)
 
