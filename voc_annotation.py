@@ -6,6 +6,7 @@ Examples::
     python voc_annotation.py --data-root data/mine --classes data/mine/classes.txt
     python voc_annotation.py --data-root data/mine --num-classes 2 --check-only
     python voc_annotation.py --data-root data/mine --fix-binary  # 0/255 masks -> SegmentationClass_fixed/
+    python voc_annotation.py --data-root data/mine --num-classes 2 --label-map 255:1  # or read them remapped
     python voc_annotation.py --data-root data/mine --convert-rgb # VOC colours -> SegmentationClass_converted/
     python voc_annotation.py --from-labelme json_dir --data-root data/mine --classes classes.txt
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from utils.data.checks import check_dataset, convert_rgb_labels, fix_binary_labels, format_class_table, write_splits
 from utils.data.io import VOC_CLASSES, default_class_names, read_class_names
+from utils.data.label_map import parse_label_map
 from utils.data.labelme import convert_labelme
 from utils.data.layout import check_layout
 from utils.errors import UserError, run_cli
@@ -40,6 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="rewrite existing split files / write into existing output folders")
     parser.add_argument("--check-only", action="store_true", help="only check; do not write split files")
+    parser.add_argument("--label-map", metavar="SRC:DST,...|FILE",
+                        help="check the labels as train.py --label-map will read them, e.g. 255:1 for 0/255 "
+                        "masks or 3:1,*:0 (files are never rewritten)")
     parser.add_argument("--fix-binary", action="store_true",
                         help="write 0/255 masks as 0/1 labels to SegmentationClass_fixed/ (originals untouched)")
     parser.add_argument("--convert-rgb", action="store_true",
@@ -68,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     """Import (optional), write the splits, check all pairs, print the report and apply the requested fix."""
     root = Path(args.data_root)
     class_names = resolve_classes(args.classes, args.num_classes)
+    label_map = parse_label_map(args.label_map)
     if args.from_labelme:
         if args.classes is None:
             raise UserError("--from-labelme needs --classes FILE (one class name per line, background first) "
@@ -86,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(f"wrote {split_dir}: " + ", ".join(f"{name}.txt {n}" for name, n in counts.items()))
 
-    report = check_dataset(root, len(class_names))
+    report = check_dataset(root, len(class_names), label_map)
     print(f"\nchecked {report.pairs} image/label pair(s) in {root}, {len(class_names)} classes")
     print(format_class_table(report, class_names))
     absent = [name for i, name in enumerate(class_names) if report.image_counts[i] == 0]

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.data.io import IGNORE_INDEX, IMAGE_EXTENSIONS, LABEL_MODES, load_image, load_label, save_label, voc_palette
+from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, parse_split_file, size_mismatch_message
 from utils.errors import UserError
 
@@ -130,13 +131,13 @@ def _palette_lookup() -> dict[tuple[int, int, int], int]:
     return {tuple(palette[3 * i:3 * i + 3]): i for i in range(256)}
 
 
-def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
+def check_dataset(root: str | os.PathLike, num_classes: int, label_map: LabelMap | None = None) -> CheckReport:
     """Check every image/label pair of a VOC-layout data root and gather per-class statistics.
 
     Findings: labels without images (problem), images without labels (note), split files naming
     missing files, unreadable files, size mismatches, labels that are not single-channel 8-bit
     (RGB colour labels get their own explanation), values in [num_classes, 254], and 0/255
-    binary masks. Nothing is written.
+    binary masks. ``label_map`` remaps label values as they are read, as training does. Nothing is written.
     """
     root = Path(root)
     check_layout(root)
@@ -190,6 +191,8 @@ def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
                     label = None
                 elif mode in LABEL_MODES:
                     label = np.asarray(label_image).astype(np.uint8, copy=False)
+                    if label_map is not None:
+                        label = label_map.apply(label)
                     label_size = label_image.size
                 else:
                     bad_mode.append(f"{label_path.name} ({mode})")
@@ -228,9 +231,10 @@ def check_dataset(root: str | os.PathLike, num_classes: int) -> CheckReport:
         report.add("binary", "your labels hold only the values 0 and 255. That is how binary masks are usually "
                    "saved (black background, white object), but here a label pixel must hold the CLASS INDEX: "
                    "0 = background, 1 = first object class, ...; 255 means 'ignore this pixel', so the "
-                   "objects would never be learnt. Rerun with --fix-binary to write corrected labels "
-                   "(255 -> 1) to SegmentationClass_fixed/ (your originals stay untouched), then train "
-                   "with 2 classes")
+                   "objects would never be learnt. Either train a binary model on them as they are, with "
+                   "train.py --task binary --label-map 255:1 (labels are remapped as they are read), or rerun "
+                   "with --fix-binary to write corrected labels (255 -> 1) to SegmentationClass_fixed/ (your "
+                   "originals stay untouched), then train with 2 classes")
     elif report.value_files:
         report.add("out-of-range", _out_of_range_message(report))
     return report
