@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +18,7 @@ from utils.evaluation.scores import compute_scores
 def test_table_and_summary_show_n_a_for_undefined():
     scores = compute_scores(HAND_MATRIX)
     table = format_table(scores, HAND_NAMES).splitlines()
-    assert table[0].split()[:4] == ["class", "IoU", "Recall", "Prec."]
+    assert table[0].split()[:5] == ["class", "IoU", "Recall", "Prec.", "Dice"]
     assert table[2].split() == ["background", "50.00", "50.00", "100.00", "66.67", "4"]
     assert table[4].split() == ["dog", "0.00", "n/a", "0.00", "0.00", "0"]
     assert table[5].split() == ["bird", "n/a", "n/a", "n/a", "n/a", "0"]
@@ -38,9 +39,9 @@ def test_write_report_files(tmp_path):
     assert report["fwiou"] == pytest.approx(HAND_FWIOU, rel=1e-12)
     assert report["class_names"] == HAND_NAMES and report["num_classes"] == 4
     assert report["per_class"][3] == {"name": "bird", "iou": None, "recall": None, "precision": None,
-                                      "f1": None, "gt_pixels": 0, "pred_pixels": 0}
+                                      "dice": None, "f1": None, "gt_pixels": 0, "pred_pixels": 0}
     assert report["per_class"][2] == {"name": "dog", "iou": 0.0, "recall": None, "precision": 0.0,
-                                      "f1": 0.0, "gt_pixels": 0, "pred_pixels": 2}
+                                      "dice": 0.0, "f1": 0.0, "gt_pixels": 0, "pred_pixels": 2}
     assert report["per_class"][1]["iou"] == pytest.approx(0.6) and report["per_class"][1]["f1"] == 0.75
     with open(tmp_path / "report" / "confusion_matrix.csv", newline="") as handle:
         rows = list(csv.reader(handle))
@@ -51,3 +52,28 @@ def test_write_report_files(tmp_path):
         with Image.open(tmp_path / "report" / name) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 100
     assert paths["heatmap"] == tmp_path / "report" / "confusion_matrix.png"
+
+
+def test_dice_column_matches_a_pixel_loop(tmp_path):
+    """Per-class Dice of random predictions = 2|P and G| / (|P| + |G|), counted pixel by pixel here."""
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 4, 500)
+    pred = np.where(rng.random(500) < 0.6, gt, rng.integers(0, 4, 500))
+    gt[:40] = 255  # ignored pixels count nowhere
+    matrix = np.zeros((4, 4), np.int64)
+    for g, p in zip(gt, pred, strict=True):
+        if g != 255:
+            matrix[g, p] += 1
+    expected = []
+    for c in range(4):
+        both = sum(1 for g, p in zip(gt, pred, strict=True) if g == c and p == c)
+        size_p = sum(1 for g, p in zip(gt, pred, strict=True) if g != 255 and p == c)
+        size_g = sum(1 for g in gt if g == c)
+        expected.append(2 * both / (size_p + size_g))
+    names = ["a", "b", "c", "d"]
+    scores = compute_scores(matrix)
+    write_report(scores, matrix, names, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["dice"] for row in report["per_class"]] == pytest.approx(expected, rel=1e-12)
+    table = format_table(scores, names).splitlines()
+    assert [float(line.split()[4]) for line in table[2:]] == pytest.approx([100 * e for e in expected], abs=0.006)
