@@ -28,8 +28,8 @@ from utils.inference.predictor import Predictor
 
 @pytest.fixture(scope="module")
 def binary_root(tmp_path_factory) -> Path:
-    """0/255 masks of the demo shapes (16 train, 4 val, at most 80x64); read-only."""
-    return make_demo_dataset(tmp_path_factory.mktemp("binary") / "data", seed=2, num_train=16, num_val=4,
+    """0/255 masks of the demo shapes (32 train, 8 val, at most 80x64); read-only."""
+    return make_demo_dataset(tmp_path_factory.mktemp("binary") / "data", seed=2, num_train=32, num_val=8,
                              size=(80, 64), binary=True)
 
 
@@ -40,10 +40,11 @@ def _train_flags(root: Path, save_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(binary_root, tmp_path_factory) -> Path:
-    """A binary model trained from scratch on the 0/255 masks through --label-map 255:1; its run folder."""
+    """A binary model trained from scratch on the 0/255 masks through --label-map 255:1 (32 steps of
+    batch 8 at 64x64, the demo's SGD settings); its run folder."""
     save_dir = tmp_path_factory.mktemp("binary_run") / "run"
-    status = train_main(train_args(_train_flags(binary_root, save_dir, "--label-map", "255:1", "--loss", "bce+dice",
-                                                "--epochs", "6", "--eval-period", "3", "--lr", "0.2")))
+    status = train_main(train_args(_train_flags(binary_root, save_dir, "--label-map", "255:1", "--epochs", "8",
+                                                "--eval-period", "4", "--lr", "0.2")))
     assert status == 0
     return save_dir
 
@@ -93,14 +94,14 @@ def test_binary_classes_file_needs_two_names(binary_root, tmp_path):
 
 def test_binary_training_learns_the_objects(trained):
     config = json.loads((trained / "config.json").read_text())
-    assert config["task"] == "binary" and config["label_map"] == "255:1" and config["loss"] == "bce+dice"
+    assert config["task"] == "binary" and config["label_map"] == "255:1" and config["loss"] == "bce"
     model, saved = load_model(trained / "best.pth")
     assert model.cls_conv.out_channels == 1
     assert saved["task"] == "binary" and saved["num_classes"] == 2
     assert saved["threshold"] in SWEEP_THRESHOLDS
     with open(trained / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, 7)]
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, 9)]
     last = rows[-1]
     assert float(last["iou"]) > 0.5, last
     assert float(last["dice"]) == pytest.approx(2 * float(last["iou"]) / (1 + float(last["iou"])), abs=1e-4)
@@ -134,19 +135,19 @@ def test_get_miou_binary_report(trained, binary_root, tmp_path):
 
 
 def test_save_prob_writes_rounded_probabilities(trained, binary_root, tmp_path):
-    image_path = binary_root / "JPEGImages" / "demo_0016.jpg"
+    image_path = binary_root / "JPEGImages" / "demo_0032.jpg"
     weights = str(trained / "best.pth")
     for bits, top, dtype in ((8, 255, np.uint8), (16, 65535, np.uint16)):
         out = tmp_path / f"out{bits}"
         assert predict.main(predict.parse_args(["--weights", weights, str(image_path), "--out", str(out),
                                                 "--save-prob", "--prob-bits", str(bits), "--save-mask",
                                                 "--device", "cpu", "--precision", "fp32"])) == 0
-        written = np.array(Image.open(out / "demo_0016_prob.png"))
+        written = np.array(Image.open(out / "demo_0032_prob.png"))
         assert written.dtype == dtype or (bits == 16 and written.dtype == np.int32)
         predictor = Predictor.from_weights(weights, device="cpu", precision="fp32")
         prob = predictor.predict_proba([load_image(image_path)])[0][0].numpy()
         assert np.array_equal(written.astype(np.int64), np.round(prob * np.float32(top)).astype(np.int64))
-        mask = np.array(Image.open(out / "demo_0016_mask.png"))
+        mask = np.array(Image.open(out / "demo_0032_mask.png"))
         assert np.array_equal(mask, (prob >= predictor.threshold).astype(np.uint8))
 
 
@@ -176,7 +177,7 @@ def test_binary_onnx_outputs_probabilities_and_matches_pytorch(trained, binary_r
                                             "--no-simplify"])) == 0
     graph = onnx.load(str(path)).graph
     assert [o.name for o in graph.output] == ["probabilities"]
-    images = [load_image(binary_root / "JPEGImages" / f"demo_{i:04d}.jpg") for i in (16, 17)]
+    images = [load_image(binary_root / "JPEGImages" / f"demo_{i:04d}.jpg") for i in (32, 33)]
     torch_predictor = Predictor.from_weights(weights, device="cpu", precision="fp32")
     onnx_predictor = Predictor.from_onnx(path)
     assert onnx_predictor.task == "binary" and onnx_predictor.threshold == torch_predictor.threshold
@@ -184,10 +185,28 @@ def test_binary_onnx_outputs_probabilities_and_matches_pytorch(trained, binary_r
         assert a.shape[0] == 1 and float(a.min()) >= 0 and float(a.max()) <= 1
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     # predict.py --onnx writes the same probability PNG as PyTorch (within one grey level).
-    flags = [str(binary_root / "JPEGImages" / "demo_0016.jpg"), "--save-prob", "--device", "cpu"]
+    flags = [str(binary_root / "JPEGImages" / "demo_0032.jpg"), "--save-prob", "--device", "cpu"]
     predict.main(predict.parse_args(["--weights", weights, "--out", str(tmp_path / "pt"), "--precision", "fp32",
                                      *flags]))
     predict.main(predict.parse_args(["--onnx", str(path), "--out", str(tmp_path / "ort"), *flags]))
-    pt = np.array(Image.open(tmp_path / "pt" / "demo_0016_prob.png")).astype(int)
-    ort = np.array(Image.open(tmp_path / "ort" / "demo_0016_prob.png")).astype(int)
+    pt = np.array(Image.open(tmp_path / "pt" / "demo_0032_prob.png")).astype(int)
+    ort = np.array(Image.open(tmp_path / "ort" / "demo_0032_prob.png")).astype(int)
     assert np.abs(pt - ort).max() <= 1
+
+
+def test_a_bare_one_channel_state_dict_is_a_binary_model(tmp_path):
+    from nets.deeplabv3_plus import DeepLab
+
+    torch.manual_seed(0)
+    torch.save(DeepLab(1, "mobilenet").eval().state_dict(), tmp_path / "bare.pth")
+    predictor = Predictor.from_weights(tmp_path / "bare.pth", device="cpu", precision="fp32", input_size=[64, 64])
+    assert (predictor.task, predictor.num_classes, predictor.threshold) == ("binary", 2, 0.5)
+    image = (np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8)
+    (mask, prob), = predictor.predict_with_prob([image])
+    logits_prob = predictor.predict_proba([image])[0]
+    assert logits_prob.shape == (1, 40, 56) and torch.equal(prob, logits_prob[0])
+    assert np.array_equal(mask, (prob.numpy() >= 0.5).astype(np.uint8))
+    for threshold in (0.2, float(prob.median()), 0.8):
+        predictor.threshold = threshold
+        expected = (prob.numpy() >= threshold).astype(np.uint8)
+        assert np.array_equal(predictor.predict([image])[0], expected)

@@ -234,3 +234,19 @@ def test_convert_rgb_names_an_unreadable_label(voc_dataset_factory):
         run(root, "--num-classes", "3", "--convert-rgb")
     assert _digests(root / "SegmentationClass") == before
     assert not (root / "SegmentationClass_converted").exists()
+
+
+def test_binary_masks_offer_the_label_map_and_pass_through_it(voc_dataset_factory, capsys):
+    root = _binary_dataset(voc_dataset_factory)
+    before = _digests(root / "SegmentationClass")
+    assert run(root, "--num-classes", "2") == 1
+    assert "--task binary --label-map 255:1" in capsys.readouterr().out
+    assert run(root, "--num-classes", "2", "--label-map", "255:1") == 0
+    out = capsys.readouterr().out
+    assert "no problems found" in out and "only the values 0 and 255" not in out
+    assert _digests(root / "SegmentationClass") == before  # read remapped, never rewritten
+    # A map that leaves a value outside the classes is reported like any stray label value.
+    assert run(root, "--num-classes", "2", "--label-map", "255:7") == 1
+    assert "7" in capsys.readouterr().out
+    with pytest.raises(UserError, match="SRC:DST"):
+        run(root, "--num-classes", "2", "--label-map", "255=1")

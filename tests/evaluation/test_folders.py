@@ -141,3 +141,23 @@ def test_score_folders_reports_the_earliest_bad_pair_in_split_order(folders):
     for workers in (1, 2, 3):
         with pytest.raises(UserError, match=r"pred/im1\.png is 2x2"):
             score_folders(gt_dir, pred_dir, stems, 4, workers=workers)
+
+
+def test_label_map_remaps_the_ground_truth_as_it_is_read(tmp_path):
+    from utils.data.label_map import parse_label_map
+
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt = np.zeros((10, 12), np.uint8)
+    gt[2:6, 3:9] = 255
+    pred = np.zeros((10, 12), np.uint8)
+    pred[2:6, 3:7] = 1
+    save_label(gt, gt_dir / "a.png")
+    save_label(pred, pred_dir / "a.png")
+    # Without a map 255 is ignore: only the 96 background pixels count.
+    plain = score_folders(gt_dir, pred_dir, ["a"], 2, workers=1)
+    assert plain.tolist() == [[96, 0], [0, 0]]
+    mapped = score_folders(gt_dir, pred_dir, ["a"], 2, workers=1, label_map=parse_label_map("255:1"))
+    assert mapped.tolist() == [[96, 0], [8, 16]]
+    assert np.array_equal(read_index_png(gt_dir / "a.png"), gt)
