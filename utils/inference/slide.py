@@ -16,6 +16,7 @@ so PyTorch and ONNX Runtime behave alike.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections.abc import Iterator
@@ -61,6 +62,36 @@ def check_slide_options(overlap: float, scale: float, input_size: tuple[int, int
 def default_slide(config: dict[str, Any]) -> SlideOptions | None:
     """Slide mode for models trained on crops (``crop_size`` in their config), else None (the letterbox)."""
     return SlideOptions() if config.get("crop_size") else None
+
+
+def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--slide/--no-slide``, ``--overlap`` and ``--scale``, shared by predict.py and get_miou.py."""
+    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
+                        help="sliding windows of the input size over the image at native resolution instead of "
+                        "the letterbox (default: on for models trained with --crop-size)")
+    parser.add_argument("--overlap", type=float, metavar="F",
+                        help="--slide: share of a window that overlaps the next; stride = round(size x (1 - F)) "
+                        "[0.33]")
+    parser.add_argument("--scale", type=float, metavar="S", help="--slide: resize the image by S first; the "
+                        "result comes back at the original size [1.0]")
+
+
+def configure_slide(predictor: Predictor, args: argparse.Namespace, progress: bool = True) -> None:
+    """Set ``predictor.slide`` from the flags of :func:`add_slide_arguments` (and ``--tta``), or raise UserError."""
+    enabled = predictor.slide is not None if args.slide is None else args.slide
+    if not enabled:
+        if args.overlap is not None or args.scale is not None:
+            raise UserError("--overlap and --scale apply to sliding windows: add --slide (or drop them)")
+        predictor.slide = None
+        return
+    if args.tta:
+        why = "--slide is on by default for a model trained on crops" if args.slide is None else "--slide is on"
+        raise UserError(f"--tta is not available with sliding windows ({why}): drop --tta, or add --no-slide "
+                        "to use the letterbox")
+    overlap = SlideOptions.overlap if args.overlap is None else args.overlap
+    scale = SlideOptions.scale if args.scale is None else args.scale
+    check_slide_options(overlap, scale, predictor.input_size)
+    predictor.slide = SlideOptions(overlap, scale, progress)
 
 
 def strides(window: tuple[int, int], overlap: float) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from nets.deeplabv3_plus import DeepLab
 from nets.losses import build_criterion
 from utils.checkpoint import load_weights, read_weights_file, split_checkpoint
+from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.loader import SeededLoader, build_loader
 from utils.errors import UserError
@@ -106,7 +107,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     if args.sync_bn and ctx.enabled and not cuda:
         raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); drop it on the CPU")
     size = tuple(args.input_size)
-    train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names)
+    crop = CropParams(size, tuple(args.scale_range)) if args.crop_size else None
+    train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names, crop)
     val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names)
     phases = [(True, "frozen", args.freeze_epochs, args.freeze_batch_size, "--freeze-batch-size"),
               (False, "unfrozen", args.epochs - args.freeze_epochs, args.batch_size, "--batch-size")]
