@@ -223,6 +223,8 @@ def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions
     With ``options.scale != 1`` the image is resized first and the averaged probabilities are
     resized back bilinearly, band by band, before the argmax / threshold.
     """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"slide_predict expects an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
     scaled = image
     if options.scale != 1:
