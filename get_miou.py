@@ -43,6 +43,7 @@ from utils.evaluation.threshold import (
     threshold_arg,
 )
 from utils.inference.predictor import Predictor
+from utils.inference.slide import add_slide_arguments, configure_slide
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -91,6 +92,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="test-time augmentation: average horizontal flip and --tta-scales")
     parser.add_argument("--tta-scales", type=_scales, default=(0.75, 1.0, 1.25), metavar="S1,S2,...",
                         help="input-size scales for --tta (default: 0.75,1.0,1.25)")
+    add_slide_arguments(parser)
+    parser.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"),
+                        help="network input size, the window of --slide (default: the checkpoint's, else 512 512)")
     parser.add_argument("--workers", type=_positive, help="threads that decode PNGs in eval mode "
                         "(default: the CPU count)")
     parser.add_argument("--threshold", type=threshold_arg, metavar="P",
@@ -99,7 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-map", metavar="SRC:DST,...|FILE",
                         help="remap label values as they are read, e.g. 255:1 (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.input_size is not None:
+        if len(args.input_size) > 2 or min(args.input_size) < 16:
+            parser.error("--input-size takes H [W], each at least 16")
+        args.input_size = [args.input_size[0], args.input_size[-1]]
+    return args
 
 
 def _flag_class_names(args: argparse.Namespace) -> list[str] | None:
@@ -155,7 +164,9 @@ def main(args: argparse.Namespace) -> int:
         if not args.weights:
             raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
         predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
-                                           num_classes=args.num_classes, class_names=names, threshold=args.threshold)
+                                           num_classes=args.num_classes, class_names=names, threshold=args.threshold,
+                                           input_size=args.input_size)
+        configure_slide(predictor, args, progress=not args.no_progress)
         config = predictor.config
         names = predictor.class_names
         # Masks arrive on the host as uint8 arrays; numpy counts them fastest there.

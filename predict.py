@@ -32,6 +32,7 @@ from utils.inference.benchmark import fps_benchmark
 from utils.inference.inputs import find_images
 from utils.inference.onnx_export import DEFAULT_OPSET, EXPORTERS
 from utils.inference.outputs import Run, report_counts
+from utils.inference.slide import add_slide_arguments, configure_slide
 from utils.inference.video import run_video
 from utils.inference.visualize import MIX_MODES
 
@@ -70,6 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="binary models: foreground where the probability reaches P (default: the "
                         "threshold chosen on the validation split, saved in the checkpoint)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: scales 0.75/1/1.25 and flips")
+    add_slide_arguments(parser)
     parser.add_argument("--precision", choices=PRECISIONS, default="fastest",
                         help="fastest (default): fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "
                         "auto: like fastest but fp32 on every CPU; or force fp32/fp16/bf16")
@@ -101,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
         if not (args.inputs or args.video or args.fps):
             return 0
     predictor = build_predictor(args)
+    configure_slide(predictor, args)
     run = Run()
     out_dir = Path(args.out)
     if args.fps:

@@ -49,6 +49,11 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
                       help="backbone output stride [%(default)s]")
     data.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"), default=default([512]),
                       help="network input height [and width] [512]")
+    data.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=default(None),
+                      help="train on random H x W crops of the rescaled image at native resolution (sets the "
+                      "input size; predict.py and get_miou.py then default to --slide)")
+    data.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"), default=default([0.5, 2.0]),
+                      help="--crop-size: random rescale ratio range [0.5 2.0]")
     data.add_argument("--pretrained", action="store_true", default=default(False),
                       help="start from the ImageNet backbone weights (model_data/, downloaded when absent)")
     data.add_argument("--weights", metavar="PATH", default=default(None),

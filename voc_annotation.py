@@ -9,6 +9,7 @@ Examples::
     python voc_annotation.py --data-root data/mine --num-classes 2 --label-map 255:1  # or read them remapped
     python voc_annotation.py --data-root data/mine --convert-rgb # VOC colours -> SegmentationClass_converted/
     python voc_annotation.py --from-labelme json_dir --data-root data/mine --classes classes.txt
+    python voc_annotation.py --from-cityscapes ~/cityscapes --data-root VOCdevkit/cityscapes
 
 Exit status: 0 when everything is fine, 1 when a problem was found, 2 for unusable input.
 """
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.data.checks import check_dataset, convert_rgb_labels, fix_binary_labels, format_class_table, write_splits
+from utils.data.cityscapes import cityscapes_class_names, import_cityscapes
 from utils.data.io import VOC_CLASSES, default_class_names, read_class_names
 from utils.data.label_map import parse_label_map
 from utils.data.labelme import convert_labelme
@@ -51,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="write VOC-palette colour labels as index labels to SegmentationClass_converted/")
     parser.add_argument("--from-labelme", default=None, metavar="DIR",
                         help="first import a folder of labelme JSON files into --data-root (needs the class list)")
+    parser.add_argument("--from-cityscapes", default=None, metavar="ROOT",
+                        help="first import Cityscapes (leftImg8bit/ and gtFine/ train and val) into --data-root: "
+                        "images linked, labelIds mapped to the 19 trainIds, splits and classes.txt written")
     return parser.parse_args(argv)
 
 
@@ -69,10 +74,28 @@ def resolve_classes(classes: str | None, num_classes: int | None) -> list[str]:
     return default_class_names(num_classes)
 
 
+def import_from_cityscapes(args: argparse.Namespace, root: Path) -> list[str]:
+    """``--from-cityscapes``: import into ``root``, report what was written; returns the 19 class names."""
+    if args.from_labelme or args.classes or args.num_classes or args.check_only:
+        raise UserError("--from-cityscapes writes its own images, labels, 19 classes and splits: drop "
+                        "--from-labelme, --classes, --num-classes and --check-only")
+    result = import_cityscapes(args.from_cityscapes, root, force=args.force)
+    splits = ", ".join(f"{split} {count}" for split, count in result.splits.items())
+    placed = ", ".join(f"{count} {how}" for how, count in result.placed.items())
+    print(f"imported Cityscapes from {args.from_cityscapes} into {root}: {splits} (images {placed}); "
+          f"class names in {root / 'classes.txt'}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return cityscapes_class_names()
+
+
 def main(args: argparse.Namespace) -> int:
     """Import (optional), write the splits, check all pairs, print the report and apply the requested fix."""
     root = Path(args.data_root)
-    class_names = resolve_classes(args.classes, args.num_classes)
+    if args.from_cityscapes:
+        class_names = import_from_cityscapes(args, root)
+    else:
+        class_names = resolve_classes(args.classes, args.num_classes)
     label_map = parse_label_map(args.label_map)
     if args.from_labelme:
         if args.classes is None:
@@ -84,7 +107,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"note: {note}")
     check_layout(root)
 
-    if not args.check_only:
+    if args.from_cityscapes:
+        print(f"wrote {root / 'ImageSets' / 'Segmentation'} from Cityscapes' own train and val folders")
+    elif not args.check_only:
         counts = write_splits(root, args.trainval_percent, args.train_percent, args.seed, force=args.force)
         split_dir = root / "ImageSets" / "Segmentation"
         if counts is None:

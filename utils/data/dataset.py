@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from utils.data.crop import CropParams, crop_augment
 from utils.data.io import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
@@ -40,7 +41,8 @@ class SegmentationDataset(Dataset):
     The layout, the split names and every pair's header (both files open, sizes match, label is
     single-channel) are validated in ``__init__``; label values above the class count are caught
     cheaply when a sample is read. ``label_map`` (``--label-map``) remaps label values as they
-    are read; the files are never rewritten.
+    are read; the files are never rewritten. With ``crop`` (training only) samples are random crops of
+    the rescaled image (:func:`utils.data.crop.crop_augment`) instead of the letterbox-style augmentation.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class SegmentationDataset(Dataset):
         train: bool,
         class_names: Sequence[str] | None = None,
         label_map: LabelMap | None = None,
+        crop: CropParams | None = None,
     ) -> None:
         self.root = Path(root)
         self.label_map = label_map
@@ -62,6 +65,7 @@ class SegmentationDataset(Dataset):
         self.num_classes = int(num_classes)
         self.train = bool(train)
         self.class_names = list(class_names) if class_names is not None else None
+        self.crop = crop
         self.rng = np.random.default_rng()
         check_layout(self.root)
         self.stems = read_split(self.root, split)
@@ -146,7 +150,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load_pair(index)
-        if self.train:
+        if self.train and self.crop is not None:
+            image, label = crop_augment(image, label, self.crop, self.rng)
+        elif self.train:
             image, label = augment(image, label, self.input_size, self.rng)
         else:
             image, label, _ = letterbox(image, self.input_size, label)

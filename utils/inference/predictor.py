@@ -29,6 +29,7 @@ from utils.data.transforms import letterbox
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.inference.backends import OnnxBackend, TorchBackend
+from utils.inference.slide import SlideOptions, default_slide, slide_predict
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -96,6 +97,8 @@ class Predictor:
             size = [size, size]
         self.input_size: tuple[int, int] = (int(size[0]), int(size[-1]))
         self.batch_size = max(1, int(batch_size))
+        # Sliding windows instead of the letterbox in predict(); on by default for models trained on crops.
+        self.slide: SlideOptions | None = default_slide(self.config)
 
     @classmethod
     def from_weights(cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 4,
@@ -195,9 +198,17 @@ class Predictor:
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
         """Class-index masks uint8 (H, W) at each image's original size (see :meth:`predict_proba`);
-        a binary model's mask is 1 where the foreground probability reaches :attr:`threshold`."""
+        a binary model's mask is 1 where the foreground probability reaches :attr:`threshold`.
+
+        With ``self.slide`` set, each image goes through :func:`~utils.inference.slide.slide_predict`
+        instead of the letterbox (test-time augmentation is not available there).
+        """
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
+        if self.slide is not None:
+            if tta:
+                raise ValueError("test-time augmentation is not available with sliding windows")
+            return [slide_predict(self, image, self.slide) for image in images]
         probs = self.predict_proba(images, tta=tta, scales=scales, flip=flip)
         return [labels_and_prob(p, self.threshold)[0].cpu().numpy() for p in probs]
 

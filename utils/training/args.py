@@ -20,6 +20,25 @@ from utils.training.demo import apply_demo_settings
 from utils.training.optim import parse_class_weights
 
 
+def _check_crop(args: argparse.Namespace, given: set[str]) -> None:
+    """``--crop-size`` / ``--scale-range``: valid values; the crop size becomes the network input size."""
+    low, high = args.scale_range
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise UserError(f"--scale-range {low} {high}: give MIN MAX with 0 < MIN <= MAX, e.g. 0.5 2.0")
+    if args.crop_size is None:
+        if "scale_range" in given:
+            raise UserError("--scale-range applies to crop training: add --crop-size H W (or drop it)")
+        return
+    if min(args.crop_size) < 32:
+        raise UserError(f"--crop-size {' '.join(map(str, args.crop_size))}: each side must be at least 32")
+    size = [args.input_size[0], args.input_size[-1]]
+    if "input_size" in given and size != list(args.crop_size):
+        raise UserError(f"--input-size {' '.join(map(str, args.input_size))} contradicts --crop-size "
+                        f"{' '.join(map(str, args.crop_size))}: a crop-trained model's input size is its crop "
+                        "size; drop --input-size")
+    args.input_size = list(args.crop_size)
+
+
 def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
     """Check every flag before anything heavy happens; fill in derived values (class names, min lr, paths)."""
     if args.demo:
@@ -40,6 +59,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
     _loss_settings(args)
     if args.num_classes < 2:
         raise UserError(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
+    _check_crop(args, given)
     if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
         raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 32")
     args.input_size = [args.input_size[0], args.input_size[-1]]

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from nets.deeplabv3_plus import DeepLab
 from nets.losses import build_criterion
 from utils.checkpoint import DEFAULT_THRESHOLD, load_weights, output_channels, read_weights_file, split_checkpoint
+from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.label_map import check_unmapped_binary, parse_label_map
 from utils.data.loader import SeededLoader, build_loader
@@ -108,8 +109,9 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
         raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); drop it on the CPU")
     size = tuple(args.input_size)
     label_map = parse_label_map(args.label_map)
+    crop = CropParams(size, tuple(args.scale_range)) if args.crop_size else None
     train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names,
-                                    label_map)
+                                    label_map, crop)
     val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names,
                                   label_map)
     if args.task == "binary":

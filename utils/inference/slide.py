@@ -1,0 +1,244 @@
+"""Sliding-window inference at native resolution (``--slide``), after mmsegmentation's ``slide`` test mode.
+
+Windows of the network's input size (h, w) tile the image (resized by ``scale`` first):
+the stride is ``round(size * (1 - overlap))``, ``n = max(H - h + stride - 1, 0) // stride + 1``
+windows per axis, the last one moved back to touch the border. An image smaller than a window
+is padded bottom and right with the letterbox grey and cropped back. The class probabilities
+(softmax; sigmoid for a one-channel binary model) of overlapping windows are averaged with
+equal weight, then argmax (or the threshold).
+
+Memory is bounded by the output, not by classes x pixels: windows run row of windows by row of
+windows into an accumulator one window high, and the rows no later window covers are finished
+(averaged, resized back when ``scale != 1``, turned into labels) as soon as the next row of
+windows starts. The forward pass is the :class:`~utils.inference.predictor.Predictor`'s backend,
+so PyTorch and ONNX Runtime behave alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.data.transforms import GREY, _shrink_or_cubic
+from utils.errors import UserError
+
+if TYPE_CHECKING:
+    from utils.inference.predictor import Predictor
+
+# Below this many windows a progress bar is only noise (e.g. evaluating a split of small images).
+_PROGRESS_MIN_WINDOWS = 16
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How :func:`slide_predict` tiles an image: window overlap, resize factor, progress bar over windows."""
+
+    overlap: float = 0.33
+    scale: float = 1.0
+    progress: bool = True
+
+
+def check_slide_options(overlap: float, scale: float, input_size: tuple[int, int]) -> None:
+    """UserError naming the flag when ``--overlap`` or ``--scale`` cannot tile an image with this window."""
+    if not (math.isfinite(overlap) and 0 <= overlap < 1):
+        raise UserError(f"--overlap {overlap}: must lie in [0, 1), e.g. 0.33 (a third of a window shared)")
+    if min(strides(input_size, overlap)) < 1:
+        raise UserError(f"--overlap {overlap} leaves a stride of 0 pixels for a {input_size[0]}x{input_size[1]} "
+                        "window: lower it")
+    if not (math.isfinite(scale) and scale > 0):
+        raise UserError(f"--scale {scale}: must be a positive factor, e.g. 1.0 (native resolution) or 0.5")
+
+
+def default_slide(config: dict[str, Any]) -> SlideOptions | None:
+    """Slide mode for models trained on crops (``crop_size`` in their config), else None (the letterbox)."""
+    return SlideOptions() if config.get("crop_size") else None
+
+
+def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--slide/--no-slide``, ``--overlap`` and ``--scale``, shared by predict.py and get_miou.py."""
+    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
+                        help="sliding windows of the input size over the image at native resolution instead of "
+                        "the letterbox (default: on for models trained with --crop-size)")
+    parser.add_argument("--overlap", type=float, metavar="F",
+                        help="--slide: share of a window that overlaps the next; stride = round(size x (1 - F)) "
+                        "[0.33]")
+    parser.add_argument("--scale", type=float, metavar="S", help="--slide: resize the image by S first; the "
+                        "result comes back at the original size [1.0]")
+
+
+def configure_slide(predictor: Predictor, args: argparse.Namespace, progress: bool = True) -> None:
+    """Set ``predictor.slide`` from the flags of :func:`add_slide_arguments` (and ``--tta``), or raise UserError."""
+    enabled = predictor.slide is not None if args.slide is None else args.slide
+    if not enabled:
+        if args.overlap is not None or args.scale is not None:
+            raise UserError("--overlap and --scale apply to sliding windows: add --slide (or drop them)")
+        predictor.slide = None
+        return
+    if args.tta:
+        why = "--slide is on by default for a model trained on crops" if args.slide is None else "--slide is on"
+        raise UserError(f"--tta is not available with sliding windows ({why}): drop --tta, or add --no-slide "
+                        "to use the letterbox")
+    overlap = SlideOptions.overlap if args.overlap is None else args.overlap
+    scale = SlideOptions.scale if args.scale is None else args.scale
+    check_slide_options(overlap, scale, predictor.input_size)
+    predictor.slide = SlideOptions(overlap, scale, progress)
+
+
+def strides(window: tuple[int, int], overlap: float) -> tuple[int, int]:
+    """Stride per axis: ``round(size * (1 - overlap))``."""
+    return round(window[0] * (1 - overlap)), round(window[1] * (1 - overlap))
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """First pixel of each window along an axis of ``length`` pixels (at least ``window``), mmsegmentation's way."""
+    count = max(length - window + stride - 1, 0) // stride + 1
+    return [max(min(i * stride, length - window), 0) for i in range(count)]
+
+
+def _coverage(length: int, window: int, starts: list[int], device: torch.device) -> torch.Tensor:
+    """How many windows cover each pixel of an axis (float32, shape (length,))."""
+    counts = torch.zeros(length, dtype=torch.float32, device=device)
+    for start in starts:
+        counts[start:start + window] += 1
+    return counts
+
+
+def _probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    return logits.float().sigmoid() if binary else logits.float().softmax(1)
+
+
+def _is_binary(config: dict[str, Any], channels: int) -> bool:
+    return channels == 1 or config.get("task") == "binary"
+
+
+def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
+               progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """Averaged window probabilities of ``image`` as row bands ``(first_row, (C, rows, W) float32)``.
+
+    The bands follow each other top to bottom and cover the image's rows exactly once; each is
+    yielded as soon as no later window covers it. C is the network's output channels (1 for a
+    binary model, whose band holds the sigmoid).
+    """
+    height, width = image.shape[:2]
+    win_h, win_w = predictor.input_size
+    stride_h, stride_w = strides((win_h, win_w), overlap)
+    pad_h, pad_w = max(height, win_h), max(width, win_w)
+    if (pad_h, pad_w) != (height, width):
+        canvas = np.full((pad_h, pad_w, 3), GREY, dtype=np.uint8)
+        canvas[:height, :width] = image
+        image = canvas
+    ys = window_starts(pad_h, win_h, stride_h)
+    xs = window_starts(pad_w, win_w, stride_w)
+    device = predictor.device
+    row_cover = _coverage(pad_h, win_h, ys, device)
+    col_cover = _coverage(pad_w, win_w, xs, device)
+    windows = [(y, x) for y in ys for x in xs]
+
+    acc: torch.Tensor | None = None  # sums for rows base .. base + win_h of the padded image
+    base = 0
+
+    def finish(stop: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Average rows base..stop, yield the part inside the image, and move the accumulator down."""
+        nonlocal acc, base
+        count = stop - base
+        band = acc[:, :count, :width] / (row_cover[base:stop, None] * col_cover[None, :width])
+        if base < height:
+            yield base, band[:, :height - base]
+        if stop < pad_h:
+            acc = torch.cat((acc[:, count:], acc.new_zeros(acc.shape[0], count, pad_w)), 1)
+        base = stop
+
+    bar = tqdm(total=len(windows), unit="window", leave=False, file=sys.stderr,
+               disable=not progress or len(windows) < _PROGRESS_MIN_WINDOWS)
+    for start in range(0, len(windows), predictor.batch_size):
+        chunk = windows[start:start + predictor.batch_size]
+        batch = predictor._to_batch([image[y:y + win_h, x:x + win_w] for y, x in chunk])
+        logits = predictor.backend(batch)
+        probs = _probabilities(logits, _is_binary(predictor.config, logits.shape[1]))
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], win_h, pad_w), dtype=torch.float32, device=device)
+        for (y, x), prob in zip(chunk, probs, strict=True):
+            if y != base:
+                yield from finish(y)
+            acc[:, :, x:x + win_w] += prob
+        bar.update(len(chunk))
+    bar.close()
+    yield from finish(pad_h)
+
+
+def _source_rows(dst_rows: torch.Tensor, src_len: int, dst_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (``align_corners=False``) source rows and weights of destination rows, as ``F.interpolate``."""
+    # float32 arithmetic, like the CPU kernel of F.interpolate, so both give the same weights.
+    scale = torch.tensor(src_len / dst_len, dtype=torch.float32)
+    pos = ((dst_rows.float() + 0.5) * scale - 0.5).clamp(min=0)
+    lower = pos.floor().long()
+    upper = (lower + 1).clamp(max=src_len - 1)
+    return lower, upper, pos - lower
+
+
+def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
+                size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """Bilinearly resize a stream of row bands (C, rows, w) of a ``src_height``-row map to ``size`` = (H, W).
+
+    Yields bands of the resized map top to bottom, each as soon as the source rows it interpolates
+    have arrived; the result equals ``F.interpolate(whole, size, mode="bilinear")`` band by band.
+    """
+    height, width = size
+    held: torch.Tensor | None = None  # source rows held_start .. held_start + len
+    held_start = 0
+    next_row = 0
+    for start, band in bands:
+        held = band if held is None else torch.cat((held, band), 1)
+        available = start + band.shape[1]
+        last = available == src_height
+        rows = torch.arange(next_row, height, device=band.device)
+        lower, upper, weight = _source_rows(rows, src_height, height)
+        ready = int((upper < available).sum()) if not last else len(rows)
+        if ready:
+            lower, upper, weight = lower[:ready] - held_start, upper[:ready] - held_start, weight[:ready]
+            mixed = held[:, lower] * (1 - weight)[None, :, None] + held[:, upper] * weight[None, :, None]
+            # Same row count in and out: the bilinear pass only interpolates along x.
+            yield next_row, F.interpolate(mixed[None], size=(ready, width), mode="bilinear",
+                                          align_corners=False)[0]
+            next_row += ready
+            if next_row < height:
+                keep_from = int(_source_rows(torch.tensor([next_row]), src_height, height)[0])
+                held = held[:, keep_from - held_start:]
+                held_start = keep_from
+
+
+def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions) -> np.ndarray:
+    """Labels (H, W) uint8 of an RGB uint8 image by sliding windows (see the module docstring).
+
+    With ``options.scale != 1`` the image is resized first and the averaged probabilities are
+    resized back bilinearly, band by band, before the argmax / threshold.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"slide_predict expects an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    scaled = image
+    if options.scale != 1:
+        size = (max(1, round(width * options.scale)), max(1, round(height * options.scale)))
+        scaled = cv2.resize(image, size, interpolation=_shrink_or_cubic(cv2.INTER_CUBIC, options.scale))
+    bands = slide_rows(predictor, scaled, options.overlap, options.progress)
+    if scaled is not image:
+        bands = resize_rows(bands, scaled.shape[0], (height, width))
+    threshold = float(predictor.config.get("threshold", 0.5))
+    mask = np.empty((height, width), dtype=np.uint8)
+    for start, band in bands:
+        if _is_binary(predictor.config, band.shape[0]):
+            labels = band[0] > threshold
+        else:
+            labels = band.max(0).indices
+        mask[start:start + band.shape[1]] = labels.to(torch.uint8).cpu().numpy()
+    return mask
