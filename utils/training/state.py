@@ -89,10 +89,13 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
                             f"{getattr(args, key)}: pass {flag} {saved[key]} to continue it")
     for key, what, hint in (("backbone", "the {} backbone", "pass --backbone {}"),
                             ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
-                            ("downsample_factor", "output stride {}", "pass --downsample-factor {}")):
-        if saved.get(key) != parts.config[key]:
-            raise UserError(f"--resume {path} was trained with {what.format(saved.get(key))}, but this run has "
-                            f"{what.format(parts.config[key])}: {hint.format(saved.get(key))} to continue it, "
+                            ("downsample_factor", "output stride {}", "pass --downsample-factor {}"),
+                            ("head", "the {} head", "pass --head {}")):
+        # Checkpoints from before --head existed have the standard head.
+        value = saved.get(key, "standard" if key == "head" else None)
+        if value != parts.config[key]:
+            raise UserError(f"--resume {path} was trained with {what.format(value)}, but this run has "
+                            f"{what.format(parts.config[key])}: {hint.format(value)} to continue it, "
                             "or start a new run (--weights loads what fits)")
 
 
