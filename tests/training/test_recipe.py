@@ -35,6 +35,8 @@ def test_no_frozen_phase_without_backbone_weights(train_data_root, init_weights,
     assert parse_args(flags(train_data_root, tmp_path / "e", "--weights", str(init_weights), "--freeze-epochs",
                             "3")).freeze_epochs == 3
     assert parse_args(flags(train_data_root, tmp_path / "f", "--freeze-epochs", "0")).freeze_epochs == 0
+    # --resume auto with nothing to resume is a new run from random weights.
+    assert parse_args(flags(train_data_root, tmp_path / "g", "--resume", "auto")).freeze_epochs == 0
 
 
 def test_summary_says_why_there_is_no_frozen_phase(train_data_root, tmp_path):

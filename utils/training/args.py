@@ -91,7 +91,8 @@ def resolve_freeze_epochs(args: argparse.Namespace) -> None:
     Freezing only makes sense for trained features: an explicit frozen phase on a random
     backbone (no ``--pretrained``, ``--weights`` or ``--resume``) is refused.
     """
-    has_weights = bool(args.pretrained or args.weights or args.resume)
+    resumes = bool(args.resume) and (args.resume != "auto" or (Path(args.save_dir or "") / "last.pth").is_file())
+    has_weights = bool(args.pretrained or args.weights or resumes)
     if args.freeze_epochs is None:
         args.freeze_epochs = min(DEFAULT_FREEZE_EPOCHS, args.epochs // 2) if has_weights else 0
     elif args.freeze_epochs > 0 and not has_weights:
