@@ -25,6 +25,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS
 from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
 from utils.data.io import default_class_names, read_class_names
 from utils.data.label_map import LabelMap, parse_label_map
@@ -85,6 +86,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(default: from the checkpoint; eval without --weights: the 21 VOC classes)")
     parser.add_argument("--num-classes", type=_positive, help="number of classes when there is no --classes "
                         "file (default: from the checkpoint)")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"),
+                        help="network input size (default: the checkpoint's, else 512 512): a bare state dict "
+                        "trained at another size is scored at its own size")
+    parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS,
+                        help="backbone output stride (default: the checkpoint's, else 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=4,
                         help="images per forward pass (default: %(default)s)")
@@ -106,7 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.input_size is not None:
         if len(args.input_size) > 2 or min(args.input_size) < 16:
-            parser.error("--input-size takes H [W], each at least 16")
+            raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 16")
         args.input_size = [args.input_size[0], args.input_size[-1]]
     return args
 
@@ -165,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
         predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
                                            num_classes=args.num_classes, class_names=names, threshold=args.threshold,
-                                           input_size=args.input_size)
+                                           input_size=args.input_size, downsample_factor=args.downsample_factor)
         configure_slide(predictor, args, progress=not args.no_progress)
         config = predictor.config
         names = predictor.class_names

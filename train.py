@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS
+from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS
 from nets.losses import TERMS
 from utils.checkpoint import TASKS
 from utils.errors import ArgumentParser, run_cli
@@ -47,6 +47,9 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     data.add_argument("--backbone", choices=BACKBONES, default=default("mobilenet"), help="[%(default)s]")
     data.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=default(16),
                       help="backbone output stride [%(default)s]")
+    data.add_argument("--head", choices=HEADS, default=default("standard"),
+                      help="standard (the original's keys, loads its weights) or separable (atrous separable "
+                           "3x3 convolutions in ASPP and the decoder) [%(default)s]")
     data.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"), default=default([512]),
                       help="network input height [and width] [512]")
     data.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=default(None),
@@ -60,8 +63,12 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
                       help="initial whole-model weights; what matches is loaded and the rest reported")
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--epochs", type=int, default=default(100), help="total epochs [%(default)s]")
-    sched.add_argument("--freeze-epochs", type=int, default=default(50),
-                       help="epochs with the backbone frozen, 0 for none [%(default)s]")
+    sched.add_argument("--freeze-epochs", type=int, default=default(None),
+                       help="epochs with the backbone frozen, 0 for none [50 with --pretrained or --weights, "
+                            "else 0: a random backbone is never frozen]")
+    sched.add_argument("--freeze-bn", action="store_true", default=default(False),
+                       help="while frozen, also keep the backbone's BatchNorm statistics fixed (by default they "
+                            "adapt to the data, as in the original)")
     sched.add_argument("--freeze-batch-size", type=int, default=default(8),
                        help="batch size while frozen (all processes together) [%(default)s]")
     sched.add_argument("--batch-size", type=int, default=default(4),
@@ -89,6 +96,8 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--amp", action="store_true", default=default(False),
                     help="mixed precision: fp16 + gradient scaler on CUDA, bf16 on the CPU")
+    hw.add_argument("--nonfinite-limit", type=int, default=default(5), metavar="N",
+                    help="with --amp: skip steps whose loss is NaN/inf, stop after N in a row [%(default)s]")
     hw.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:N [%(default)s]")
     hw.add_argument("--workers", type=int, default=default(4), help="data loader processes [%(default)s]")
     hw.add_argument("--sync-bn", action="store_true", default=default(False),

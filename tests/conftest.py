@@ -99,6 +99,20 @@ def train_data_root(tmp_path_factory):
                              size=(80, 64))
 
 
+@pytest.fixture(scope="session")
+def init_weights(tmp_path_factory):
+    """A bare state dict (the original release's layout) of a seeded random 4-class MobileNet DeepLab, for
+    ``train.py --weights``: runs with a frozen phase need backbone weights. Read-only path."""
+    import torch
+
+    from nets.deeplabv3_plus import DeepLab
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("init_weights") / "init.pth"
+    torch.save(DeepLab(num_classes=4, backbone="mobilenet").state_dict(), path)
+    return path
+
+
 # ---- predictor, predict.py and ONNX (issue 5) ----
 
 @pytest.fixture(scope="session")

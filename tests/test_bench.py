@@ -30,3 +30,19 @@ def test_forward_bench_prints_a_row_per_output_stride_and_head(capsys):
                                                   ("8", "standard"), ("8", "separable")]
     assert rows[0][-2:] == ["1.00x", "1.00x"]
     assert float(rows[1][-2].removesuffix("x")) < 0.5  # separable head: far fewer FLOPs
+
+
+def test_gpu_check_prepares_its_dataset_and_commands_without_a_gpu(tmp_path, capsys):
+    from bench import bench_gpu
+
+    assert bench_gpu.main(["--dry-run", "--out", str(tmp_path), "--images", "8", "--size", "64", "--gpus", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert "bench/bench_train.py --device cuda" in lines[0]
+    for line in lines[1:]:
+        assert "--nproc_per_node=4 train.py" in line and "--sync-bn --amp" in line
+        assert "--freeze-epochs 1" in line and "--batch-size 64" in line and f"--weights {tmp_path}" in line
+    train = (tmp_path / "data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert len(train) == 8 and (tmp_path / "init.pth").is_file()
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--size", "16"])

@@ -13,10 +13,11 @@ from utils.checkpoint import load_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_torchrun_two_processes_on_cpu(train_data_root, tmp_path):
+def test_torchrun_two_processes_on_cpu(train_data_root, init_weights, tmp_path):
     save_dir = tmp_path / "ddp"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
             "--data-root", str(train_data_root), "--classes", str(train_data_root / "classes.txt"),
+            "--weights", str(init_weights),
             "--input-size", "64", "--epochs", "2", "--freeze-epochs", "1", "--freeze-batch-size", "4",
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--eval-period", "1", "--save-period", "1",
             "--save-dir", str(save_dir)]

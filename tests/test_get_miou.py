@@ -220,3 +220,25 @@ def test_flag_parsing():
         with pytest.raises(SystemExit) as exc:
             parse_args(bad)
         assert exc.value.code == 2
+
+
+def test_input_size_and_output_stride_flags_reach_the_model(tiny_voc, predict_checkpoints, tmp_path, monkeypatch):
+    """A bare state dict trained at another size is scored at its own size and output stride (issue 12, 8)."""
+    from utils.inference.predictor import Predictor
+
+    built = []
+    real = Predictor.from_weights
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Predictor, "from_weights", spy)
+    common = ["--weights", predict_checkpoints["bare"], "--data-root", tiny_voc, "--device", "cpu", "--no-progress"]
+    assert run(*common, "--out", tmp_path / "a", "--input-size", "48", "64", "--downsample-factor", "8") == 0
+    assert built[-1].input_size == (48, 64) and built[-1].backend.model.downsample_factor == 8
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert run(*common, "--out", tmp_path / "b") == 0
+    assert built[-1].input_size == (512, 512) and built[-1].backend.model.downsample_factor == 16
+    with pytest.raises(UserError, match="--input-size 8: give H or H W, each at least 16"):
+        run(*common, "--input-size", "8")

@@ -85,7 +85,10 @@ def test_new_run_never_overwrites_a_finished_one(smoke_run, train_data_root):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--freeze-epochs", "5", "--epochs", "2"], "--freeze-epochs 5 is greater than --epochs 2"),
+    (["--freeze-epochs", "5", "--epochs", "2", "--pretrained"], "--freeze-epochs 5 is greater than --epochs 2"),
+    (["--freeze-epochs", "3", "--epochs", "4"], "--freeze-epochs 3 would freeze a random backbone: load backbone "
+                                                "weights with --pretrained or --weights PATH"),
+    (["--nonfinite-limit", "0"], "--nonfinite-limit"),
     (["--backbone", "resnet"], "--backbone"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--input-size", "16"], "--input-size"),

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, DeepLab
+from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "deeplabv3plus-toolkit/1"
@@ -30,6 +30,8 @@ TASKS = ("multiclass", "binary")
 DEFAULT_THRESHOLD = 0.5
 # Key that exists only in each backbone's state dict, used to recognise bare files.
 _BACKBONE_MARKERS = {"backbone.features.0.0.weight": "mobilenet", "backbone.conv1.weight": "xception"}
+# Key that exists only with the separable head (ASPP's first 3x3 branch is depthwise + pointwise there).
+_SEPARABLE_MARKER = "aspp.branch2.depthwise.0.weight"
 
 
 def default_file_mode() -> int:
@@ -120,16 +122,17 @@ def output_channels(task: str, num_classes: int) -> int:
 
 
 def infer_config(state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> dict[str, Any]:
-    """Infer backbone, task and class count from a bare DeepLab state dict (one output channel = binary)."""
+    """Infer backbone, head, task and class count from a bare DeepLab state dict (one output channel = binary)."""
     backbone = next((name for key, name in _BACKBONE_MARKERS.items() if key in state), None)
     if backbone is None or "cls_conv.weight" not in state:
         raise UserError(
             f"{path} is not a DeepLabV3+ model: it has no {' or '.join(_BACKBONE_MARKERS)} / cls_conv.weight keys."
         )
     channels = int(state["cls_conv.weight"].shape[0])
+    head = "separable" if _SEPARABLE_MARKER in state else "standard"
     if channels == 1:
-        return {"backbone": backbone, "task": "binary", "num_classes": 2}
-    return {"backbone": backbone, "task": "multiclass", "num_classes": channels}
+        return {"backbone": backbone, "head": head, "task": "binary", "num_classes": 2}
+    return {"backbone": backbone, "head": head, "task": "multiclass", "num_classes": channels}
 
 
 @dataclass
@@ -212,9 +215,10 @@ def resolve_config(state: dict[str, torch.Tensor], saved: dict | None, path: str
             raise UserError(f"{path} was trained for {config['num_classes']} classes, but {value} were given "
                             "(--num-classes/--classes). Drop the flag or use matching weights.")
         config[key] = value
-    if config["backbone"] not in BACKBONES or config["downsample_factor"] not in DOWNSAMPLE_FACTORS:
-        raise UserError(f"{path}: unsupported backbone / output stride "
-                        f"{config['backbone']} / {config['downsample_factor']}.")
+    if (config["backbone"] not in BACKBONES or config["downsample_factor"] not in DOWNSAMPLE_FACTORS
+            or config["head"] not in HEADS):
+        raise UserError(f"{path}: unsupported backbone / output stride / head "
+                        f"{config['backbone']} / {config['downsample_factor']} / {config['head']}.")
     names = config.get("class_names")
     if names is not None and len(names) != config["num_classes"]:
         raise UserError(f"{path} has {config['num_classes']} classes but {len(names)} class names were given. "
@@ -234,12 +238,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
 
     ``overrides`` (``num_classes``, ``class_names``, ``downsample_factor``, ``input_size``,
     ``backbone``, ``threshold``) replace what the file says; a class count that contradicts the file
-    is an error, not a silent partial load.
+    is an error, not a silent partial load. The head is the config's ``head`` (``standard``
+    when absent, as in checkpoints from before it existed), or for a bare state dict what its
+    key names show.
     """
     obj = read_weights_file(path)
     state, saved = split_checkpoint(obj, path)
     config = resolve_config(state, saved, path, **overrides)
     model = DeepLab(output_channels(config["task"], config["num_classes"]), config["backbone"],
-                    downsample_factor=config["downsample_factor"])
+                    downsample_factor=config["downsample_factor"], head=config["head"])
     load_weights(model, state, strict=True, source=path)
     return model.to(device).eval(), config

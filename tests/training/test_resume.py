@@ -19,10 +19,11 @@ from utils.training.stop import StopRequest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
-    # One frozen epoch so the phase switch is part of what must resume exactly; one worker so
-    # worker seeding is too.
+def run_args(root: Path, weights: Path, save_dir: Path, *extra: str) -> list[str]:
+    # One frozen epoch (from --weights) so the phase switch is part of what must resume exactly; one
+    # worker so worker seeding is too.
     return [sys.executable, "train.py", "--data-root", str(root), "--classes", str(root / "classes.txt"),
+            "--weights", str(weights),
             "--input-size", "64", "--epochs", "4", "--freeze-epochs", "1", "--freeze-batch-size", "4",
             "--batch-size", "2", "--workers", "1", "--device", "cpu", "--eval-period", "4", "--seed", "5",
             "--save-dir", str(save_dir), *extra]
@@ -63,22 +64,23 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(train_data_root, tmp_path_factory):
+def reference(train_data_root, init_weights, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("ref") / "run"
-    result = subprocess.run(run_args(train_data_root, save_dir), cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(run_args(train_data_root, init_weights, save_dir), cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
 
 
-def test_sigkill_after_epoch_2_then_resume_auto_is_bitwise_exact(reference, train_data_root, tmp_path):
+def test_sigkill_after_epoch_2_then_resume_auto_is_bitwise_exact(reference, train_data_root, init_weights,
+                                                                 tmp_path):
     save_dir = tmp_path / "killed"
-    proc = start_and_wait(run_args(train_data_root, save_dir), save_dir / "last.pth", 2)
+    proc = start_and_wait(run_args(train_data_root, init_weights, save_dir), save_dir / "last.pth", 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert 2 <= read_epoch(save_dir / "last.pth") < 4
-    result = subprocess.run(run_args(train_data_root, save_dir, "--resume", "auto"), cwd=REPO,
+    result = subprocess.run(run_args(train_data_root, init_weights, save_dir, "--resume", "auto"), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     resumed = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
@@ -88,9 +90,9 @@ def test_sigkill_after_epoch_2_then_resume_auto_is_bitwise_exact(reference, trai
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
-def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(reference, train_data_root, tmp_path):
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(reference, train_data_root, init_weights, tmp_path):
     save_dir = tmp_path / "interrupted"
-    proc = start_and_wait(run_args(train_data_root, save_dir), save_dir / "last.pth", 1)
+    proc = start_and_wait(run_args(train_data_root, init_weights, save_dir), save_dir / "last.pth", 1)
     proc.send_signal(signal.SIGINT)  # early in epoch 2, or at its start
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -98,7 +100,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(reference, train_data_root, 
     assert "Traceback" not in stderr
     interrupted = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
     assert interrupted["epoch"] < 4
-    result = subprocess.run(run_args(train_data_root, save_dir, "--resume", "auto"), cwd=REPO,
+    result = subprocess.run(run_args(train_data_root, init_weights, save_dir, "--resume", "auto"), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert_same_state(reference, torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True))
@@ -120,10 +122,10 @@ class StopAfter(StopRequest):
         pass
 
 
-def test_stop_in_the_middle_of_an_epoch_resumes_exactly(train_data_root, tmp_path, monkeypatch):
+def test_stop_in_the_middle_of_an_epoch_resumes_exactly(train_data_root, init_weights, tmp_path, monkeypatch):
     def argv(save_dir: Path, *extra: str) -> list[str]:
-        return [*run_args(train_data_root, save_dir, *extra)[2:], "--epochs", "3", "--freeze-batch-size", "2",
-                "--workers", "0"]
+        return [*run_args(train_data_root, init_weights, save_dir, *extra)[2:], "--epochs", "3",
+                "--freeze-batch-size", "2", "--workers", "0"]
 
     assert main(parse_args(argv(tmp_path / "ref"))) == 0
     reference = torch.load(tmp_path / "ref" / "last.pth", map_location="cpu", weights_only=True)

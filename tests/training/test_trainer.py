@@ -1,8 +1,9 @@
-"""The trainer's phases: the backbone (weights and BatchNorm statistics) is fixed in the frozen phase and
-trains after; each phase has its own batch size and learning-rate bounds."""
+"""The trainer's phases: the backbone's weights are fixed in the frozen phase (its BatchNorm statistics adapt,
+as in the original, unless --freeze-bn) and train after; each phase has its own batch size and lr bounds."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from train import parse_args
@@ -15,10 +16,20 @@ def backbone_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.parts.net.backbone.state_dict().items()}
 
 
-def test_frozen_epoch_keeps_backbone_and_unfrozen_epoch_trains_it(train_data_root, tmp_path):
-    args = parse_args(["--data-root", str(train_data_root), "--classes", str(train_data_root / "classes.txt"),
-                       "--input-size", "64", "--epochs", "2", "--freeze-epochs", "1", "--freeze-batch-size", "4",
-                       "--batch-size", "2", "--workers", "0", "--device", "cpu", "--save-dir", str(tmp_path)])
+def frozen_run_args(root, weights, save_dir, *extra: str) -> list[str]:
+    return ["--data-root", str(root), "--classes", str(root / "classes.txt"), "--weights", str(weights),
+            "--input-size", "64", "--epochs", "2", "--freeze-epochs", "1", "--freeze-batch-size", "4",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--save-dir", str(save_dir), *extra]
+
+
+def is_statistic(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_frozen_epoch_keeps_backbone_and_unfrozen_epoch_trains_it(train_data_root, init_weights, tmp_path,
+                                                                  freeze_bn):
+    args = parse_args(frozen_run_args(train_data_root, init_weights, tmp_path, *(["--freeze-bn"] * freeze_bn)))
     trainer = Trainer(args, DistContext())
     before = backbone_state(trainer)
     head_before = trainer.parts.net.cls_conv.weight.detach().clone()
@@ -38,7 +49,12 @@ def test_frozen_epoch_keeps_backbone_and_unfrozen_epoch_trains_it(train_data_roo
     assert optimizer.param_groups[0]["lr"] == lr_at("cos", 2, *unfrozen_bounds, 1.0)
     after_frozen = backbone_state(trainer)
     for key, value in before.items():
-        assert torch.equal(value, after_frozen[key]), f"{key} changed while frozen"
+        if freeze_bn or not is_statistic(key):
+            assert torch.equal(value, after_frozen[key]), f"{key} changed while frozen"
+    # By default the backbone's BatchNorm statistics follow the batches while its weights stay fixed.
+    statistics_moved = not torch.equal(before["features.0.1.running_mean"], after_frozen["features.0.1.running_mean"])
+    assert statistics_moved is not freeze_bn
+    assert after_frozen["features.5.conv.1.num_batches_tracked"] == (0 if freeze_bn else 2)
     assert not torch.equal(head_before, trainer.parts.net.cls_conv.weight)
     head_bn = trainer.parts.net.cat_conv[1].num_batches_tracked.item()
     assert head_bn > 0  # the head's BatchNorm does update
@@ -53,11 +69,13 @@ def test_frozen_epoch_keeps_backbone_and_unfrozen_epoch_trains_it(train_data_roo
     assert after["features.0.1.num_batches_tracked"] > before["features.0.1.num_batches_tracked"]
 
 
-def test_frozen_backbone_stays_in_eval_mode_after_evaluation(train_data_root, tmp_path):
-    args = parse_args(["--data-root", str(train_data_root), "--classes", str(train_data_root / "classes.txt"),
-                       "--input-size", "64", "--epochs", "2", "--freeze-epochs", "1", "--freeze-batch-size", "2",
-                       "--batch-size", "2", "--workers", "0", "--device", "cpu", "--save-dir", str(tmp_path)])
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_frozen_backbone_mode_survives_evaluation(train_data_root, init_weights, tmp_path, freeze_bn):
+    args = parse_args(frozen_run_args(train_data_root, init_weights, tmp_path, "--freeze-batch-size", "2",
+                                      *(["--freeze-bn"] * freeze_bn)))
     trainer = Trainer(args, DistContext())
     trainer.enter_phase(True)
     trainer.evaluate(1)
-    assert trainer.parts.net.training and not trainer.parts.net.backbone.training
+    assert trainer.parts.net.training
+    assert trainer.parts.net.backbone.training is not freeze_bn  # --freeze-bn: BatchNorm in eval mode
+    assert not any(p.requires_grad for p in trainer.parts.net.backbone.parameters())

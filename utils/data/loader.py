@@ -116,6 +116,7 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool | None = None,
+    pin_memory: bool | None = None,
 ) -> SeededLoader:
     """Build the loader for a split: training shuffles, validation keeps order and every sample.
 
@@ -123,6 +124,7 @@ def build_loader(
     validation a :class:`ShardSampler` (each sample on exactly one rank). ``drop_last`` defaults
     to True for training when there is at least one full batch, and is always False for validation.
     Worker seeds derive from (seed, rank, worker, epoch); see :func:`set_loader_epoch`.
+    ``pin_memory`` defaults to whether CUDA is available; pass False when the batches stay on the CPU.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -147,7 +149,7 @@ def build_loader(
         shuffle=shuffle,
         sampler=sampler,
         num_workers=max(0, int(workers)),
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=bool(drop_last),
         seed=seed,
         rank=rank,

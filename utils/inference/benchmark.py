@@ -46,6 +46,7 @@ def fps_benchmark(predictor: Predictor, args: argparse.Namespace) -> None:
     print(f"{seconds * 1000:.2f} ms per image, {1 / seconds:.2f} FPS")
     if "backbone" in config:
         model = DeepLab(predictor.num_classes, config["backbone"],
-                        downsample_factor=config.get("downsample_factor", 16)).eval()
+                        downsample_factor=config.get("downsample_factor", 16),
+                        head=config.get("head", "standard")).eval()
         params, flops = count_parameters(model), count_flops(model, predictor.input_size)
         print(f"parameters: {params / 1e6:.2f} M, FLOPs: {flops / 1e9:.2f} G per image (multiply-add = 2)")

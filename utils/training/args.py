@@ -17,7 +17,12 @@ from utils.data.io import VOC_CLASSES, read_class_names
 from utils.data.label_map import parse_label_map
 from utils.errors import UserError
 from utils.training.demo import apply_demo_settings
+from utils.training.distributed import DistContext, launched_by_torchrun
 from utils.training.optim import parse_class_weights
+from utils.training.resume import resolve_resume
+
+# The original recipe's frozen phase: 50 of its 100 epochs.
+DEFAULT_FREEZE_EPOCHS = 50
 
 
 def _check_crop(args: argparse.Namespace, given: set[str]) -> None:
@@ -63,6 +68,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
     if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
         raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 32")
     args.input_size = [args.input_size[0], args.input_size[-1]]
+    resolve_freeze_epochs(args)
     checks = [
         (args.epochs >= 1, f"--epochs {args.epochs}: must be at least 1"),
         (args.freeze_epochs >= 0, f"--freeze-epochs {args.freeze_epochs}: must be 0 or more"),
@@ -76,6 +82,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
         (args.weight_decay >= 0, f"--weight-decay {args.weight_decay}: must be 0 or more"),
         (args.save_period >= 1, f"--save-period {args.save_period}: must be at least 1"),
         (args.eval_period >= 1, f"--eval-period {args.eval_period}: must be at least 1"),
+        (args.nonfinite_limit >= 1, f"--nonfinite-limit {args.nonfinite_limit}: must be at least 1"),
         (args.workers >= 0, f"--workers {args.workers}: must be 0 or more"),
     ]
     for ok, message in checks:
@@ -94,20 +101,12 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
             args.save_dir = str(Path(args.resume).parent)
         else:
             args.save_dir = time.strftime("logs/%Y_%m_%d_%H_%M_%S")
-    if args.resume == "auto":
-        if "save_dir" not in given and not args.demo:
-            raise UserError("--resume auto continues the run in --save-dir: give --save-dir (the folder holding "
-                            "last.pth), or --resume PATH")
-        candidate = Path(args.save_dir) / "last.pth"
-        args.resume = str(candidate) if candidate.is_file() else None
-        if args.resume is None:
-            print(f"--resume auto: no {candidate} yet, starting a new run")
-    elif args.resume and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume}: file not found (use auto for {args.save_dir}/last.pth)")
-    if not args.resume and (Path(args.save_dir) / "last.pth").exists():
-        # A new run would replace the checkpoints, metrics.csv, config.json and TensorBoard curves.
-        raise UserError(f"--save-dir {args.save_dir} already holds a run (last.pth): continue it with --resume auto "
-                        "or choose another --save-dir")
+    if args.resume == "auto" and "save_dir" not in given and not args.demo:
+        raise UserError("--resume auto continues the run in --save-dir: give --save-dir (the folder holding "
+                        "last.pth), or --resume PATH")
+    if not launched_by_torchrun():
+        # Under torchrun rank 0 decides once the process group exists (utils.training.trainer).
+        resolve_resume(args, DistContext())
     return args
 
 
@@ -134,3 +133,17 @@ def _loss_settings(args: argparse.Namespace) -> None:
         raise UserError(f"--loss {args.loss}: {exc}") from None
     label_map = parse_label_map(args.label_map)
     args.label_map = None if label_map is None else label_map.spec()
+
+def resolve_freeze_epochs(args: argparse.Namespace) -> None:
+    """Fill in ``--freeze-epochs``: half the run up to 50 epochs when backbone weights are loaded, else 0.
+
+    Freezing only makes sense for trained features: an explicit frozen phase on a random
+    backbone (no ``--pretrained``, ``--weights`` or ``--resume``) is refused.
+    """
+    resumes = bool(args.resume) and (args.resume != "auto" or (Path(args.save_dir or "") / "last.pth").is_file())
+    has_weights = bool(args.pretrained or args.weights or resumes)
+    if args.freeze_epochs is None:
+        args.freeze_epochs = min(DEFAULT_FREEZE_EPOCHS, args.epochs // 2) if has_weights else 0
+    elif args.freeze_epochs > 0 and not has_weights:
+        raise UserError(f"--freeze-epochs {args.freeze_epochs} would freeze a random backbone: load backbone "
+                        "weights with --pretrained or --weights PATH, or use --freeze-epochs 0")

@@ -10,7 +10,7 @@ parameters from the start, as in the original recipe, so its state carries acros
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +20,14 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from nets.deeplabv3_plus import DeepLab
 from nets.losses import build_criterion
+from nets.pretrained import backbone_weights_path, fetch_backbone_file
 from utils.checkpoint import DEFAULT_THRESHOLD, load_weights, output_channels, read_weights_file, split_checkpoint
 from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.label_map import check_unmapped_binary, parse_label_map
 from utils.data.loader import SeededLoader, build_loader
 from utils.errors import UserError
-from utils.training.distributed import DistContext, convert_sync_bn
+from utils.training.distributed import DistContext, barrier, convert_sync_bn
 from utils.training.optim import build_optimizer, parse_class_weights
 from utils.training.rng import seed_everything
 from utils.training.schedule import Phase, SchedulePlan, build_scheduler, scaled_lr
@@ -65,29 +66,61 @@ class RunParts:
 
 
 def per_rank(batch: int, ctx: DistContext) -> int:
-    """The images per process of a global batch of ``batch`` images."""
+    """The images per process of a global batch of ``batch`` images (the remainder is not used)."""
     return max(1, batch // ctx.world_size)
 
 
-def check_batch(flag: str, batch: int, train_set: SegmentationDataset, args: argparse.Namespace,
-                ctx: DistContext) -> None:
-    """UserError when ``batch`` cannot train: under 2 images per process, or more than the split holds."""
-    batch_per_rank = per_rank(batch, ctx)
-    available = len(train_set) // ctx.world_size
-    if ctx.world_size > 1 and batch_per_rank < 2:
-        raise UserError(f"{flag} {batch} over {ctx.world_size} processes leaves {batch_per_rank} image per "
-                        "process; BatchNorm needs at least 2: raise the batch size")
-    if batch_per_rank > available:
+def check_batch(flag: str, batch: int, train_set: Sized, args: argparse.Namespace, ctx: DistContext) -> int:
+    """The global batch that ``batch`` really trains with (``per_rank * world_size``); UserError when it cannot.
+
+    Each process needs 2 images for BatchNorm, or 1 with ``--sync-bn`` (its statistics then span
+    every process). A batch that does not divide evenly drops the remainder, said in one line.
+    """
+    world = ctx.world_size
+    each = batch // world
+    synced = bool(args.sync_bn and ctx.enabled)
+    if each < (1 if synced else 2):
+        if synced:
+            raise UserError(f"{flag} {batch} is smaller than the {world} processes: use {flag} {world} or more")
+        raise UserError(f"{flag} {batch} over {world} processes leaves {each} image(s) per process, and BatchNorm "
+                        f"needs 2 without --sync-bn: use {flag} {2 * world} or more, or add --sync-bn (CUDA) "
+                        f"for {flag} {world}")
+    available = len(train_set) // world
+    if each > available:
         raise UserError(f"{flag} {batch} is larger than the training split ({len(train_set)} images in "
                         f"{args.data_root}/ImageSets/Segmentation/train.txt"
-                        + (f", {available} per process" if ctx.world_size > 1 else "")
+                        + (f", {available} per process" if world > 1 else "")
                         + "): lower it or add images")
+    used = each * world
+    if used != batch and ctx.is_main:
+        print(f"{flag} {batch} does not split evenly over {world} processes: {each} per process, {used} in all; "
+              f"the learning rate is scaled for batch {used}")
+    return used
+
+
+def fetch_pretrained(args: argparse.Namespace, ctx: DistContext) -> None:
+    """Under torchrun, download the ImageNet backbone file on each node's local rank 0 while the others wait,
+    so that no two processes write the same file."""
+    if not (args.pretrained and ctx.enabled):
+        return
+    error = None
+    if ctx.local_rank == 0:
+        try:
+            fetch_backbone_file(args.backbone)
+        except UserError as exc:
+            error = exc
+    barrier(ctx)
+    if error is not None:
+        raise error
+    if not backbone_weights_path(args.backbone).is_file():
+        raise UserError(f"rank {ctx.rank}: {backbone_weights_path(args.backbone)} is missing after the download "
+                        "on this node's first process: check that model_data/ is writable")
 
 
 def build_model(args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
     """The DeepLab of the flags with ``--weights`` loaded where they fit; returns it and how it was initialised."""
     net = DeepLab(output_channels(args.task, args.num_classes), args.backbone, pretrained=args.pretrained,
-                  downsample_factor=args.downsample_factor)
+                  downsample_factor=args.downsample_factor, head=args.head)
     note = "ImageNet backbone" if args.pretrained else "random"
     if args.weights:
         state, _ = split_checkpoint(read_weights_file(args.weights), args.weights)
@@ -119,16 +152,16 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     phases = [(True, "frozen", args.freeze_epochs, args.freeze_batch_size, "--freeze-batch-size"),
               (False, "unfrozen", args.epochs - args.freeze_epochs, args.batch_size, "--batch-size")]
     phases = [phase for phase in phases if phase[2] > 0]
-    for _, _, _, batch, flag in reversed(phases):
-        check_batch(flag, batch, train_set, args, ctx)
+    used = {flag: check_batch(flag, batch, train_set, args, ctx) for _, _, _, batch, flag in reversed(phases)}
 
     config = {"backbone": args.backbone, "num_classes": args.num_classes, "class_names": args.class_names,
               "downsample_factor": args.downsample_factor, "input_size": list(args.input_size), "task": args.task,
-              "label_map": args.label_map}
+              "label_map": args.label_map, "head": args.head}
     if args.task == "binary":
         # Replaced by the threshold of the best foreground IoU at each validation.
         config["threshold"] = DEFAULT_THRESHOLD
     config.update({k: v for k, v in vars(args).items() if k not in config and k != "argv"})
+    fetch_pretrained(args, ctx)
     net, init_note = build_model(args, ctx.is_main)
     class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
     try:
@@ -142,15 +175,18 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     net.to(ctx.device)
     if cuda:
         net.to(memory_format=torch.channels_last)
+        # Every training batch has the same size: let cuDNN pick its fastest algorithms once.
+        torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(args.optimizer, list(net.parameters()), args.lr, args.momentum, args.weight_decay)
 
     loaders = {frozen: build_loader(train_set, per_rank(batch, ctx), True, args.workers, args.seed, ctx.rank,
-                                    ctx.world_size) for frozen, _, _, batch, _ in phases}
+                                    ctx.world_size, pin_memory=cuda) for frozen, _, _, batch, _ in phases}
     plan = SchedulePlan(args.lr_schedule, args.epochs, tuple(
-        Phase(name, epochs, len(loaders[frozen]), *scaled_lr(args.optimizer, batch, args.lr, args.min_lr))
-        for frozen, name, epochs, batch, _ in phases))
+        Phase(name, epochs, len(loaders[frozen]),
+              *scaled_lr(args.optimizer, used[flag], args.lr, args.min_lr, args.backbone))
+        for frozen, name, epochs, _, flag in phases))
     val_loader = build_loader(val_set, per_rank(args.batch_size, ctx), False, args.workers, args.seed, ctx.rank,
-                              ctx.world_size)
+                              ctx.world_size, pin_memory=cuda)
     return RunParts(
         args=args, ctx=ctx, config=config, net=net, init_note=init_note, train_set=train_set, val_set=val_set,
         loaders=loaders, val_loader=val_loader, class_weights=class_weights, criterion=criterion,

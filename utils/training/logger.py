@@ -34,15 +34,19 @@ def format_summary(config: dict[str, Any], extra: dict[str, Any]) -> str:
     names = config.get("class_names") or []
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     rows = [
-        ("model", f"DeepLabV3+ {config['backbone']}, output stride {config['downsample_factor']}, "
+        ("model", f"DeepLabV3+ {config['backbone']}, {config.get('head', 'standard')} head, "
+                  f"output stride {config['downsample_factor']}, "
                   f"{config['num_classes']} classes" + (f" ({shown})" if shown else "")),
         ("init", extra["init"]),
         ("data", f"{config['data_root']}: {extra['num_train']} train / {extra['num_val']} val images, "
                  f"input {size}"),
         ("schedule", f"{config['epochs']} epochs "
-                     + (f"({config['freeze_epochs']} with the backbone frozen at batch {config['freeze_batch_size']}, "
-                        f"then batch {config['batch_size']}), " if config["freeze_epochs"]
-                        else f"at batch {config['batch_size']}, no frozen phase, ")
+                     + (f"({config['freeze_epochs']} with the backbone frozen at batch {config['freeze_batch_size']}"
+                        + (", BatchNorm statistics fixed" if config.get("freeze_bn") else "")
+                        + f", then batch {config['batch_size']}), " if config["freeze_epochs"]
+                        else f"at batch {config['batch_size']}, no frozen phase"
+                        + ("" if config.get("pretrained") or config.get("weights") or config.get("resume")
+                           else " (no backbone weights loaded)") + ", ")
                      + f"{config['optimizer']} lr {config['lr']:g} -> {config['min_lr']:g} ({config['lr_schedule']}), "
                      f"scaled to batch: {extra['lr_note']}"),
         ("loss", config["loss"] + (" + dice" if config["dice"] else "")

@@ -20,17 +20,25 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 LR_SCHEDULES = ("cos", "step")
-# Learning-rate bounds after batch scaling (the original recipe): (lowest, highest) initial lr.
+# Learning-rate bounds after batch scaling (the original recipe): (lowest, highest) initial lr per optimizer,
+# and per backbone where the original narrows them (Xception with Adam: exactly 1e-4). AdamW follows Adam.
 LR_LIMITS = {"sgd": (5e-4, 1e-1), "adam": (3e-4, 5e-4), "adamw": (3e-4, 5e-4)}
+BACKBONE_LR_LIMITS = {("xception", "adam"): (1e-4, 1e-4), ("xception", "adamw"): (1e-4, 1e-4)}
 REFERENCE_BATCH = 16
 
 
-def scaled_lr(optimizer: str, batch_size: int, lr: float, min_lr: float) -> tuple[float, float]:
-    """The original recipe's batch scaling: ``lr * batch / 16`` clamped to the optimizer's range.
+def lr_limits(optimizer: str, backbone: str = "mobilenet") -> tuple[float, float]:
+    """The original's (lowest, highest) initial lr after batch scaling for this optimizer and backbone."""
+    return BACKBONE_LR_LIMITS.get((backbone, optimizer), LR_LIMITS[optimizer])
+
+
+def scaled_lr(optimizer: str, batch_size: int, lr: float, min_lr: float,
+              backbone: str = "mobilenet") -> tuple[float, float]:
+    """The original recipe's batch scaling: ``lr * batch / 16`` clamped to the optimizer's (and backbone's) range.
 
     ``min_lr`` is scaled the same way and clamped to a hundredth of that range.
     """
-    low, high = LR_LIMITS[optimizer]
+    low, high = lr_limits(optimizer, backbone)
     lr_fit = min(max(batch_size / REFERENCE_BATCH * lr, low), high)
     min_lr_fit = min(max(batch_size / REFERENCE_BATCH * min_lr, low * 1e-2), high * 1e-2)
     return lr_fit, min_lr_fit

@@ -90,10 +90,13 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
     for key, what, hint in (("task", "--task {}", "pass --task {}"),
                             ("backbone", "the {} backbone", "pass --backbone {}"),
                             ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
-                            ("downsample_factor", "output stride {}", "pass --downsample-factor {}")):
-        if saved.get(key, "multiclass" if key == "task" else None) != parts.config[key]:
-            raise UserError(f"--resume {path} was trained with {what.format(saved.get(key))}, but this run has "
-                            f"{what.format(parts.config[key])}: {hint.format(saved.get(key))} to continue it, "
+                            ("downsample_factor", "output stride {}", "pass --downsample-factor {}"),
+                            ("head", "the {} head", "pass --head {}")):
+        # Checkpoints from before --task and --head existed are multi-class with the standard head.
+        value = saved.get(key, {"task": "multiclass", "head": "standard"}.get(key))
+        if value != parts.config[key]:
+            raise UserError(f"--resume {path} was trained with {what.format(value)}, but this run has "
+                            f"{what.format(parts.config[key])}: {hint.format(value)} to continue it, "
                             "or start a new run (--weights loads what fits)")
 
 

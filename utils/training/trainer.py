@@ -1,7 +1,10 @@
 """The training loop behind ``train.py``: the run's epochs through the frozen and unfrozen phases.
 
-The run is a sequence of epochs; each belongs to the *frozen* phase (backbone fixed, its
-BatchNorm statistics too, ``--freeze-batch-size``) or the *unfrozen* phase. Entering a phase
+The run is a sequence of epochs; each belongs to the *frozen* phase (backbone weights fixed,
+``--freeze-batch-size``) or the *unfrozen* phase. While frozen, the backbone's BatchNorm
+running statistics keep adapting as in the original (the model takes RGB/255 without the
+ImageNet mean/std, so the ImageNet statistics do not fit its inputs); ``--freeze-bn`` fixes
+them too. Entering a phase
 is one method (:meth:`Trainer.enter_phase`): it (un)freezes, switches to that phase's loader
 and re-wraps DDP; the LR schedule knows the phases already (:mod:`utils.training.schedule`).
 The parts live in their own modules: building the run (:mod:`~utils.training.builder`), one
@@ -21,9 +24,17 @@ from typing import Any
 from nets.deeplabv3_plus import freeze_backbone, unfreeze_backbone
 from utils.training.builder import build_run
 from utils.training.demo import prepare_demo_data
-from utils.training.distributed import DistContext, barrier, cleanup_distributed, init_distributed, wrap_model
-from utils.training.epoch import EpochResult, NonFiniteLossError, train_epoch
+from utils.training.distributed import (
+    DistContext,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+    wrap_model,
+)
+from utils.training.epoch import EpochResult, NonFiniteGuard, NonFiniteLossError, train_epoch
 from utils.training.logger import RunLogger, format_summary
+from utils.training.resume import resolve_resume
 from utils.training.schedule import describe
 from utils.training.state import RunProgress, load_resume, save_epoch, save_interrupted
 from utils.training.stop import StopRequest, resume_command
@@ -48,13 +59,19 @@ class Trainer:
         self.train_loader = None
         self.logger = RunLogger(self.save_dir, enabled=ctx.is_main, purge_step=self.progress.start_epoch + 1)
         self.stop = StopRequest()
+        self.guard = NonFiniteGuard(args.nonfinite_limit if args.amp else 1)
 
     def enter_phase(self, frozen: bool) -> None:
         """Switch between the frozen and unfrozen phase: freezing, the phase's loader, the DDP wrapper."""
         if frozen == self.frozen:
             return
         self.frozen = frozen
-        (freeze_backbone if frozen else unfreeze_backbone)(self.parts.net)
+        if frozen and not self.args.freeze_bn:
+            # The original's frozen phase: weights fixed, BatchNorm in train mode (statistics adapt).
+            unfreeze_backbone(self.parts.net)
+            self.parts.net.backbone.requires_grad_(False)
+        else:
+            (freeze_backbone if frozen else unfreeze_backbone)(self.parts.net)
         self.train_loader = self.parts.loaders[frozen]
         # DDP registers only the parameters that require gradients when it is built: build it again.
         self.model = wrap_model(self.parts.net, self.ctx)
@@ -62,7 +79,7 @@ class Trainer:
     def train_epoch(self, epoch: int, skip: int = 0) -> EpochResult:
         """One epoch of the current phase (see :func:`utils.training.epoch.train_epoch`)."""
         return train_epoch(self.parts, self.model, self.train_loader, epoch, self.stop, skip,
-                           self.progress.resume_rng)
+                           self.progress.resume_rng, self.guard)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Validation loss and scores after ``epoch`` epochs (see :func:`utils.training.validate.evaluate`)."""
@@ -155,6 +172,8 @@ def run_training(args: argparse.Namespace) -> int:
     """Start (or join) the process group, train, and leave the group."""
     ctx = init_distributed(args.device)
     try:
+        if launched_by_torchrun():
+            resolve_resume(args, ctx)
         prepare_demo_data(args, ctx)
         return Trainer(args, ctx).fit()
     finally:

@@ -23,14 +23,22 @@ from utils.training.distributed import all_reduce_sum
 from utils.training.logger import RunLogger, progress
 
 
+def training_precision(parts: RunParts) -> str:
+    """The precision the run trains in, as :func:`utils.device.resolve_precision` names it."""
+    if not parts.args.amp:
+        return "fp32"
+    return "fp16" if parts.amp_dtype == torch.float16 else "bf16"
+
+
 @torch.no_grad()
 def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]:
     """Validation loss on the letterboxed val loader and mIoU, mPA, accuracy over the val split.
 
     A binary model also gets ``iou``, ``dice`` (foreground) and the chosen ``threshold``.
 
-    Three sample predictions go to TensorBoard; the net is left in training mode (a frozen
-    backbone stays in eval mode, see :func:`nets.deeplabv3_plus.freeze_backbone`).
+    Both run in the training precision (autocast under ``--amp``). Three sample predictions go
+    to TensorBoard; the net is left in training mode (a backbone frozen with ``--freeze-bn``
+    stays in eval mode, see :func:`nets.deeplabv3_plus.freeze_backbone`).
     """
     args, ctx, net = parts.args, parts.ctx, parts.net
     net.eval()
@@ -44,7 +52,8 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
         loss_sum[1] += images.shape[0]
     all_reduce_sum(loss_sum, ctx)
 
-    predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx))
+    predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx),
+                          precision=training_precision(parts))
     matrix = ConfusionMatrix(args.num_classes, device=parts.device)
     binary = parts.config.get("task") == "binary"
     sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=parts.device) if binary else None

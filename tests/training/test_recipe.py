@@ -1,0 +1,185 @@
+"""The training recipe's rules (issue 12): the frozen phase needs weights, batch splitting over processes,
+the original's lr limits per backbone and optimizer, non-finite losses under AMP, the training precision
+of in-training evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from train import main, parse_args
+from utils.errors import UserError
+from utils.training.builder import check_batch
+from utils.training.distributed import DistContext
+from utils.training.epoch import NonFiniteGuard, NonFiniteLossError, scaler_found_inf
+from utils.training.logger import format_summary
+from utils.training.schedule import scaled_lr
+from utils.training.validate import training_precision
+
+
+def flags(root, save_dir, *extra: str) -> list[str]:
+    return ["--data-root", str(root), "--classes", str(root / "classes.txt"), "--input-size", "64",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--save-dir", str(save_dir), *extra]
+
+
+def test_no_frozen_phase_without_backbone_weights(train_data_root, init_weights, tmp_path):
+    assert parse_args(flags(train_data_root, tmp_path / "a")).freeze_epochs == 0
+    assert parse_args(flags(train_data_root, tmp_path / "b", "--pretrained")).freeze_epochs == 50
+    assert parse_args(flags(train_data_root, tmp_path / "c", "--pretrained", "--epochs", "10")).freeze_epochs == 5
+    assert parse_args(flags(train_data_root, tmp_path / "d", "--weights", str(init_weights))).freeze_epochs == 50
+    assert parse_args(flags(train_data_root, tmp_path / "e", "--weights", str(init_weights), "--freeze-epochs",
+                            "3")).freeze_epochs == 3
+    assert parse_args(flags(train_data_root, tmp_path / "f", "--freeze-epochs", "0")).freeze_epochs == 0
+    # --resume auto with nothing to resume is a new run from random weights.
+    assert parse_args(flags(train_data_root, tmp_path / "g", "--resume", "auto")).freeze_epochs == 0
+
+
+def test_summary_says_why_there_is_no_frozen_phase(train_data_root, tmp_path):
+    args = parse_args(flags(train_data_root, tmp_path / "a"))
+    config = dict(vars(args), input_size=[64, 64])
+    extra = {"init": "random", "num_train": 8, "num_val": 4, "lr_note": "", "device": "cpu", "world_size": 1,
+             "amp_dtype": "bfloat16"}
+    text = format_summary(config, extra)
+    assert "no frozen phase (no backbone weights loaded)" in text
+    assert "standard head" in text
+    frozen = dict(config, freeze_epochs=2, pretrained=True, freeze_bn=True)
+    assert "2 with the backbone frozen at batch 8, BatchNorm statistics fixed" in format_summary(frozen, extra)
+
+
+def batch_args(sync_bn: bool) -> argparse.Namespace:
+    return argparse.Namespace(sync_bn=sync_bn, data_root="data")
+
+
+@pytest.mark.parametrize(("batch", "world", "sync_bn", "used"), [
+    (4, 4, True, 4),    # the README's torchrun line: 1 image per GPU, SyncBN sees all 4
+    (8, 4, False, 8),
+    (6, 4, True, 4),    # uneven: 1 per process, 4 in all
+    (10, 4, False, 8),  # uneven: 2 per process, 8 in all
+    (3, 1, False, 3),
+])
+def test_global_batch_actually_used(batch, world, sync_bn, used, capsys):
+    ctx = DistContext(rank=0, world_size=world)
+    assert check_batch("--batch-size", batch, list(range(64)), batch_args(sync_bn), ctx) == used
+    out = capsys.readouterr().out
+    if used != batch:
+        assert out.strip() == (f"--batch-size {batch} does not split evenly over {world} processes: "
+                               f"{used // world} per process, {used} in all; the learning rate is scaled for "
+                               f"batch {used}")
+    else:
+        assert out == ""
+
+
+def test_batch_errors_say_which_flag_to_use():
+    ctx = DistContext(rank=1, world_size=4)
+    with pytest.raises(UserError, match=re.escape("--batch-size 4 over 4 processes leaves 1 image(s) per process, "
+                                                  "and BatchNorm needs 2 without --sync-bn: use --batch-size 8 or "
+                                                  "more, or add --sync-bn (CUDA) for --batch-size 4")):
+        check_batch("--batch-size", 4, list(range(64)), batch_args(False), ctx)
+    with pytest.raises(UserError, match=re.escape("--freeze-batch-size 2 is smaller than the 4 processes: use "
+                                                  "--freeze-batch-size 4 or more")):
+        check_batch("--freeze-batch-size", 2, list(range(64)), batch_args(True), ctx)
+    with pytest.raises(UserError, match="larger than the training split"):
+        check_batch("--batch-size", 16, list(range(12)), batch_args(False), ctx)
+
+
+@pytest.mark.parametrize(("optimizer", "backbone", "low", "high"), [
+    ("sgd", "mobilenet", 5e-4, 1e-1), ("sgd", "xception", 5e-4, 1e-1),
+    ("adam", "mobilenet", 3e-4, 5e-4), ("adam", "xception", 1e-4, 1e-4),
+    ("adamw", "mobilenet", 3e-4, 5e-4), ("adamw", "xception", 1e-4, 1e-4),
+])
+def test_lr_limits_of_the_original_for_every_backbone_and_optimizer(optimizer, backbone, low, high):
+    for batch in (1, 2, 4, 8, 16, 64, 1024):
+        for lr in (1e-5, 5e-4, 7e-3, 1.0):
+            min_lr = lr / 100
+            # The original's formula, written out: scale by batch / 16, clamp.
+            expected = (min(max(batch / 16 * lr, low), high), min(max(batch / 16 * min_lr, low / 100), high / 100))
+            assert scaled_lr(optimizer, batch, lr, min_lr, backbone) == pytest.approx(expected)
+    assert scaled_lr("adam", 8, 5e-4, 5e-6, "xception") == pytest.approx((1e-4, 1e-6))
+
+
+def test_guard_skips_until_the_limit_of_non_finite_losses_in_a_row():
+    guard = NonFiniteGuard(limit=3)
+    assert guard.check(1.0, 0, 0)
+    assert not guard.check(math.nan, 0, 1)
+    assert not guard.check(math.inf, 0, 2)
+    assert guard.check(0.5, 0, 3) and guard.in_a_row == 0  # a finite loss resets the count
+    assert not guard.check(math.nan, 1, 0)
+    assert not guard.check(math.nan, 1, 1)
+    with pytest.raises(NonFiniteLossError, match=re.escape("the loss became nan at epoch 2, iteration 3 "
+                                                           "(3 steps in a row)")):
+        guard.check(math.nan, 1, 2)
+    with pytest.raises(NonFiniteLossError, match=re.escape("the loss became inf at epoch 1, iteration 1")):
+        NonFiniteGuard().check(math.inf, 0, 0)
+
+
+def test_scaler_flag_is_read_on_the_device_and_skips_the_update():
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    for factor, overflow in ((1.0, False), (math.inf, True)):
+        before = weight.detach().clone()
+        optimizer.zero_grad()
+        scaler.scale((weight * factor).sum()).backward()
+        found = scaler_found_inf(scaler, optimizer)
+        assert found is not None and bool(found > 0) is overflow
+        if not found:
+            optimizer.step()
+        scale = scaler.get_scale()
+        scaler.update()
+        if overflow:
+            assert torch.equal(weight, before) and scaler.get_scale() == scale / 2
+        else:
+            # Unscaled before the step: the update is lr * 1, not lr * scale.
+            assert torch.allclose(weight, before - 0.1)
+    assert scaler_found_inf(torch.amp.GradScaler("cpu", enabled=False), optimizer) is None
+
+
+def poison_criterion(monkeypatch, bad_calls: set[int]) -> None:
+    """Make the training loss NaN on the given (1-based) criterion calls."""
+    from utils.training import builder
+
+    real = builder.build_criterion
+
+    def poisoned(*args, **kwargs):
+        criterion = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(logits, target):
+            calls["n"] += 1
+            value = criterion(logits, target)
+            return value * float("nan") if calls["n"] in bad_calls else value
+
+        return wrapped
+
+    monkeypatch.setattr(builder, "build_criterion", poisoned)
+
+
+def test_amp_skips_a_few_non_finite_steps_and_trains_on(train_data_root, tmp_path, monkeypatch):
+    poison_criterion(monkeypatch, {2, 3})
+    argv = flags(train_data_root, tmp_path / "run", "--amp", "--epochs", "1", "--eval-period", "9")
+    assert main(parse_args(argv)) == 0
+    ckpt = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=True)
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt["scheduler"]["last_epoch"] == 4  # skipped steps still advance the schedule
+    assert math.isfinite(float(ckpt["history"][0]["train_loss"]))
+
+
+def test_amp_stops_after_the_limit_in_a_row(train_data_root, tmp_path, monkeypatch):
+    poison_criterion(monkeypatch, {2, 3})
+    argv = flags(train_data_root, tmp_path / "run", "--amp", "--epochs", "1", "--nonfinite-limit", "2")
+    with pytest.raises(UserError, match=re.escape("the loss became nan at epoch 1, iteration 3 (2 steps in a row)")):
+        main(parse_args(argv))
+
+
+def test_in_training_evaluation_runs_in_the_training_precision():
+    def parts(amp: bool, dtype: torch.dtype) -> SimpleNamespace:
+        return SimpleNamespace(args=SimpleNamespace(amp=amp), amp_dtype=dtype)
+
+    assert training_precision(parts(False, torch.bfloat16)) == "fp32"
+    assert training_precision(parts(True, torch.bfloat16)) == "bf16"
+    assert training_precision(parts(True, torch.float16)) == "fp16"
