@@ -1,13 +1,16 @@
 """The one inference pipeline: letterbox, forward, crop the padding, resize probabilities, argmax.
 
-``predict.py``, ``get_miou.py`` and the evaluation during training all go through
-:class:`Predictor`. The forward pass is a swappable backend (:mod:`utils.inference.backends`):
-PyTorch or ONNX Runtime, with exactly the same pre- and post-processing.
+``predict.py``, ``get_miou.py``, its video mode and the evaluation during training all go
+through :class:`Predictor`. The forward pass is a swappable backend
+(:mod:`utils.inference.backends`): PyTorch or ONNX Runtime, with exactly the same pre- and
+post-processing.
 
-Post-processing happens in torch on the backend's device: softmax over classes, crop of
-the letterbox content box, bilinear resize of the class probabilities to the original
-size (``align_corners=False``, as the original's ``cv2.resize``), argmax. Test-time
-augmentation averages the probabilities over scales and a horizontal flip.
+The class map is defined as: softmax over classes (sigmoid for a one-channel model), crop of
+the letterbox content box, bilinear resize of the probabilities to the original size
+(``align_corners=False``, as the original's ``cv2.resize``), argmax (or ``> threshold``).
+:meth:`Predictor.predict` computes exactly that without the full-size probabilities
+(:func:`utils.inference.postprocess.upsample_labels`); :meth:`Predictor.predict_proba` returns
+them. Test-time augmentation averages the probabilities over scales and a horizontal flip.
 """
 
 from __future__ import annotations
@@ -27,25 +30,7 @@ from utils.data.transforms import letterbox
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.inference.backends import OnnxBackend, TorchBackend
-
-
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes; channels-last logits (our CPU/CUDA layout) are reduced over their innermost
-    dimension, which is 2-3x faster than ``softmax(1)`` on the strided layout or a copy to NCHW."""
-    if logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
-        return logits.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
-    return logits.softmax(1)
-
-
-def _argmax_classes(probs: torch.Tensor) -> torch.Tensor:
-    """Class index per pixel of (C, H, W) probabilities, reading them in their memory order.
-
-    ``max(...).indices`` is used because ``argmax`` over a non-innermost dim is ~3x slower on the CPU.
-    """
-    hwc = probs.permute(1, 2, 0)
-    if hwc.is_contiguous() and probs.shape[0] > 1:
-        return hwc.max(-1).indices
-    return probs.max(0).indices
+from utils.inference.postprocess import average_upsampled_labels, probabilities, upsample_labels
 
 
 class Predictor:
@@ -59,6 +44,9 @@ class Predictor:
         batch_size: images per forward pass.
         optimize / channels_last / precision: see :class:`TorchBackend` and :func:`resolve_precision`.
         backend: a ready forward callable instead of the model (used for ONNX Runtime).
+
+    A one-channel model is binary: its sigmoid probability above ``config["threshold"]``
+    (default 0.5) is class 1.
     """
 
     def __init__(self, model: nn.Module | None, config: dict[str, Any], device: str | torch.device = "auto",
@@ -79,6 +67,7 @@ class Predictor:
             size = [size, size]
         self.input_size: tuple[int, int] = (int(size[0]), int(size[-1]))
         self.batch_size = max(1, int(batch_size))
+        self.threshold = float(config.get("threshold", 0.5))
 
     @classmethod
     def from_weights(cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 4,
@@ -129,52 +118,73 @@ class Predictor:
         batch = torch.from_numpy(np.stack(canvases)).to(self.device, non_blocking=True)
         return batch.permute(0, 3, 1, 2).float().div_(255.0)
 
-    def _proba_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
-        """Class probabilities (C, h, w) at each image's original size, for one network input size."""
+    def _maps_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
+        """Class probabilities (C, h, w) of each image's letterbox content box, for one network input size."""
         out: list[torch.Tensor] = []
         for chunk in self._chunks(images, self.batch_size):
             placed = [letterbox(image, size) for image in chunk]
             batch = self._to_batch([canvas for canvas, _, _ in placed])
-            if flip:
-                probs = _softmax(self.backend(torch.cat((batch, batch.flip(3)))))
-                probs = (probs[:len(chunk)] + probs[len(chunk):].flip(3)) * 0.5
-            else:
-                probs = _softmax(self.backend(batch))
-            for image, (_, _, box), prob in zip(chunk, placed, probs, strict=True):
-                crop = prob[None, :, box.top:box.top + box.height, box.left:box.left + box.width]
-                height, width = image.shape[:2]
-                if crop.shape[2:] != (height, width):
-                    crop = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
-                out.append(crop[0])
+            logits = self.backend(torch.cat((batch, batch.flip(3))) if flip else batch)
+            for index, (_, _, box) in enumerate(placed):
+                rows, cols = slice(box.top, box.top + box.height), slice(box.left, box.left + box.width)
+                probs = probabilities(logits[index:index + 1, :, rows, cols])
+                if flip:
+                    mirrored = logits[len(chunk) + index:len(chunk) + index + 1].flip(3)
+                    probs = (probs + probabilities(mirrored[:, :, rows, cols])) * 0.5
+                out.append(probs[0])
         return out
+
+    def _scaled_sizes(self, tta: bool, scales: Sequence[float]) -> list[tuple[int, int]]:
+        """Network input sizes: the predictor's, or each TTA scale of it."""
+        if not tta:
+            return [self.input_size]
+        if not scales:
+            raise ValueError("tta needs at least one scale")
+        return [(max(16, round(self.input_size[0] * s)), max(16, round(self.input_size[1] * s))) for s in scales]
+
+    @staticmethod
+    def _check_images(images: Sequence[np.ndarray]) -> None:
+        for image in images:
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                    and image.shape[2] == 3):
+                raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
 
     def predict_proba(self, images: Sequence[np.ndarray], tta: bool = False,
                       scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[torch.Tensor]:
         """Class probabilities (C, H, W) float32 at each image's original size, on the predictor's device.
 
+        This holds C x H x W floats per image (1 GB for 21 classes at 12 MP); :meth:`predict`
+        gives the same argmax without them.
+
         Args:
             images: RGB uint8 arrays (H, W, 3), sizes may differ.
             tta: average over ``scales`` (of the input size) and, with ``flip``, horizontal flips.
         """
-        for image in images:
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                    and image.shape[2] == 3):
-                raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
-        if not tta:
-            return self._proba_at_scale(images, self.input_size, flip=False)
-        if not scales:
-            raise ValueError("tta needs at least one scale")
+        self._check_images(images)
+        sizes = self._scaled_sizes(tta, scales)
         total: list[torch.Tensor] | None = None
-        for scale in scales:
-            size = (max(16, round(self.input_size[0] * scale)), max(16, round(self.input_size[1] * scale)))
-            probs = self._proba_at_scale(images, size, flip=flip)
+        for size in sizes:
+            maps = self._maps_at_scale(images, size, flip=tta and flip)
+            probs = [m if m.shape[1:] == image.shape[:2] else
+                     F.interpolate(m[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+                     for m, image in zip(maps, images, strict=True)]
             total = probs if total is None else [t.add_(p) for t, p in zip(total, probs, strict=True)]
-        return [t.div_(len(scales)) for t in total]
+        return total if len(sizes) == 1 else [t.div_(len(sizes)) for t in total]
 
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
-        """Class-index masks uint8 (H, W) at each image's original size (see :meth:`predict_proba`)."""
+        """Class-index masks uint8 (H, W) at each image's original size: the argmax of :meth:`predict_proba`
+        (ties aside), computed by :mod:`utils.inference.postprocess` without full-size probabilities."""
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
-        probs = self.predict_proba(images, tta=tta, scales=scales, flip=flip)
-        return [_argmax_classes(p).to(torch.uint8).cpu().numpy() for p in probs]
+        self._check_images(images)
+        sizes = self._scaled_sizes(tta, scales)
+        per_size = [self._maps_at_scale(images, size, flip=tta and flip) for size in sizes]
+        masks = []
+        for index, image in enumerate(images):
+            maps = [maps[index] for maps in per_size]
+            if len(maps) == 1:
+                masks.append(upsample_labels(maps[0], image.shape[:2], self.threshold))
+            else:
+                masks.append(average_upsampled_labels(maps, image.shape[:2], self.threshold))
+        return masks
