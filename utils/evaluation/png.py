@@ -141,16 +141,16 @@ def _unfilter(kinds: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
     if kinds.max() > _UP or rows.size * 255 >= 2**31:  # int32 sums must not overflow
         return None
     height = rows.shape[0]
-    sub = kinds == _SUB
     decoded = rows
+    sub = kinds == _SUB
     if sub.any():
         sums = cv2.integral(rows)
-        decoded = rows.copy()
-        decoded[sub] = (sums[1:, 1:][sub] - sums[:-1, 1:][sub]).astype(np.uint8)
+        along = cv2.subtract(sums[1:, 1:], sums[:-1, 1:]).astype(np.uint8)  # running sums along each row
+        decoded = along if sub.all() else np.where(sub[:, None], along, rows)
     up = kinds == _UP
     if up.any():
         sums = cv2.integral(decoded)
-        down = (sums[1:, 1:] - sums[1:, :-1])  # running sums down each column
+        down = cv2.subtract(sums[1:, 1:], sums[1:, :-1])  # running sums down each column
         anchor = np.maximum.accumulate(np.where(up, -1, np.arange(height)))
         # An Up row is the column sum from its anchor (the last row that is not Up) down to it.
         base = np.where(anchor[:, None] > 0, down[np.maximum(anchor - 1, 0)], 0)
