@@ -111,9 +111,11 @@ def _inflate_unfiltered(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np
     stride = width + 1  # each row is a filter-type byte and then the pixels
     try:
         # Look at the first rows' filter bytes before inflating everything: files with Average or
-        # Paeth rows (which only a sequential decoder undoes) go straight to the full decoder.
-        head = zlib.decompressobj(-15).decompress(stream[2:], stride * min(height, _PROBE_ROWS))
-        if max(head[::stride], default=0) > _UP:
+        # Paeth rows (which only a sequential decoder undoes) go straight to the full decoder. So
+        # do grey files whose first rows mix filter types: that is adaptive filtering (PIL's grey
+        # PNGs), which nearly always brings Paeth rows further down.
+        kinds = set(zlib.decompressobj(-15).decompress(stream[2:], stride * min(height, _PROBE_ROWS))[::stride])
+        if max(kinds, default=0) > _UP or (data[start + 9] == 0 and len(kinds) > 1):
             return None
         # One-shot decompress releases the GIL (decompressobj does not); wbits=-15 reads the raw
         # deflate data, leaving out the zlib header and the Adler-32 trailer.
