@@ -87,8 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=_positive, help="number of classes when there is no --classes "
                         "file (default: from the checkpoint)")
     parser.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"),
-                        help="network input size (default: the checkpoint's, else 512 512): a bare state dict "
-                        "trained at another size is scored at its own size")
+                        help="network input size and --slide window (default: the checkpoint's, else 512 512): "
+                        "a bare state dict trained at another size is scored at its own size")
     parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS,
                         help="backbone output stride (default: the checkpoint's, else 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -99,8 +99,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta-scales", type=_scales, default=(0.75, 1.0, 1.25), metavar="S1,S2,...",
                         help="input-size scales for --tta (default: 0.75,1.0,1.25)")
     add_slide_arguments(parser)
-    parser.add_argument("--input-size", type=int, nargs="+", metavar=("H", "W"),
-                        help="network input size, the window of --slide (default: the checkpoint's, else 512 512)")
     parser.add_argument("--workers", type=_positive, help="threads that decode PNGs in eval mode "
                         "(default: the CPU count)")
     parser.add_argument("--threshold", type=threshold_arg, metavar="P",

@@ -1,19 +1,21 @@
-"""Benchmark: scoring 200 prediction/ground-truth PNG pairs, the original's way versus ours.
+"""Benchmark: the marginal cost per prediction/ground-truth pair of ``get_miou.py --mode eval`` against the
+original's ``compute_mIoU``, on grey "L" prediction PNGs as other tools write them.
 
-Writes 200 pairs of 500x375 label maps (VOC-like: background plus a few blocky and elliptic
-objects from 21 classes with 255 borders, and an imperfect prediction) to a temporary folder.
-Ground truth is written as palette PNGs (as VOC ships it), predictions as palette PNGs the way
-``get_miou.py --mode predict`` writes them (``--pred-format grey``: mode "L", as the original's
-get_miou wrote them). Both methods read the very same files. Then, in this one run, it times
+Writes ``2 N`` pairs (default N = 1000) of 500x375 label maps (VOC-like: background plus a few
+blocky and elliptic objects from 21 classes with 255 borders, and an imperfect prediction).
+Ground truth is written as palette PNGs (as VOC ships it); predictions as grey "L" PNGs with
+PIL's default encoder and with OpenCV's (``--writers``), or as our palette PNGs. Each method scores
+the first N pairs and then all 2 N, alternately, ``--rounds`` times; the marginal cost per pair is
+``(best time for 2N - best time for N) / N``, so start-up and report drawing do not count.
 
 (a) the baseline, a faithful re-implementation of the original repo's ``compute_mIoU``
     (single process, PIL reads, per-image ``np.bincount`` into a float64 histogram);
-(b) ours, ``utils.evaluation.split.score_split`` (thread pool over ``utils.evaluation.folders.score_folders``), the
-    function ``get_miou.py --mode eval`` calls,
+(b) ours, ``utils.evaluation.split.score_split``, the function ``get_miou.py --mode eval`` calls
+    (``--workers`` threads, default as get_miou.py: one per core).
 
-alternately, best of ``--repeats`` each, and checks that both give the same confusion matrix.
+Both must give the same confusion matrix (checked).
 
-Run: ``.venv/bin/python bench/bench_eval.py [--pairs 200] [--repeats 5] [--pred-format grey]``
+Run: ``.venv/bin/python -m bench.bench_eval [--pairs 1000] [--rounds 3] [--writers pil cv2]``
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.data.io import save_label
-from utils.evaluation.scores import compute_scores
 from utils.evaluation.split import score_split
 
 
@@ -60,9 +61,9 @@ def per_accuracy(hist: np.ndarray) -> float:
     return np.sum(np.diag(hist)) / np.maximum(np.sum(hist), 1)
 
 
-def split_stems(root: Path) -> list[str]:
+def split_stems(root: Path, split: str) -> list[str]:
     """Original get_miou.py: image_ids = open(<split>.txt).read().splitlines()."""
-    return (root / "ImageSets" / "Segmentation" / "val.txt").read_text().splitlines()
+    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().splitlines()
 
 
 def baseline_compute_miou(gt_dir: Path, pred_dir: Path, png_name_list: list[str], num_classes: int,
@@ -117,73 +118,74 @@ def make_pair(rng: np.random.Generator, height: int = 375, width: int = 500, num
     return gt, pred
 
 
-def write_dataset(root: Path, pairs: int, pred_format: str = "palette", seed: int = 0
-                  ) -> tuple[Path, Path, list[str]]:
-    """Ground truth as VOC palette PNGs; predictions as ``get_miou.py --mode predict`` writes them
-    (palette) or as the original's get_miou wrote them (grey, mode "L")."""
+WRITERS = {
+    "pil": lambda pred, path: Image.fromarray(pred, mode="L").save(path),
+    "cv2": lambda pred, path: cv2.imwrite(str(path), pred),
+    "palette": save_label,
+}
+
+
+def write_dataset(root: Path, pairs: int, writer: str, seed: int = 0) -> tuple[Path, Path]:
+    """``pairs`` ground-truth palette PNGs and predictions written by ``writer``; split files ``half``
+    (the first half) and ``all``."""
     gt_dir, pred_dir = root / "SegmentationClass", root / "detection-results"
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    gt_dir.mkdir(parents=True)
-    pred_dir.mkdir(parents=True)
+    for folder in (root / "ImageSets" / "Segmentation", gt_dir, pred_dir):
+        folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     stems = [f"2007_{i:06d}" for i in range(pairs)]
     for stem in stems:
         gt, pred = make_pair(rng)
         save_label(gt, gt_dir / f"{stem}.png")
-        if pred_format == "palette":
-            save_label(pred, pred_dir / f"{stem}.png")
-        else:
-            Image.fromarray(pred, mode="L").save(pred_dir / f"{stem}.png")
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{s}\n" for s in stems))
-    return gt_dir, pred_dir, stems
+        WRITERS[writer](pred, pred_dir / f"{stem}.png")
+    for split, names in (("half", stems[:pairs // 2]), ("all", stems)):
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{s}\n" for s in names))
+    return gt_dir, pred_dir
 
 
-def best_times(first, second, repeats: int) -> tuple[list[float], list[float], list[object]]:
-    """Best-of-``repeats`` wall and process-CPU seconds of two functions, run alternately so both see
-    the same machine load. CPU time sums all threads: it is the work done, whatever the load."""
-    wall, cpu = [float("inf")] * 2, [float("inf")] * 2
-    results: list[object] = [None, None]
-    for _ in range(repeats):
-        for i, fn in enumerate((first, second)):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            results[i] = fn()
-            wall[i] = min(wall[i], time.perf_counter() - start)
-            cpu[i] = min(cpu[i], time.process_time() - start_cpu)
-    return wall, cpu, results
+def marginal(root: Path, writer: str, pairs: int, rounds: int, workers: int | None) -> dict[str, float | bool]:
+    """Marginal ms per pair of both methods on one prediction format (``2 * pairs`` written), and whether
+    their confusion matrices agree."""
+    gt_dir, pred_dir = write_dataset(root, 2 * pairs, writer)
+    names = [f"c{i}" for i in range(21)]
+    runs = {
+        "original": lambda split: baseline_compute_miou(gt_dir, pred_dir, split_stems(root, split), 21, names)[0],
+        "ours": lambda split: score_split(root, split, pred_dir, 21, workers=workers),
+    }
+    best: dict[tuple[str, str], float] = {}
+    results = {}
+    for fn in runs.values():
+        fn("half")  # warm page cache and imports
+    for _ in range(rounds):
+        for split in ("half", "all"):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                results[name] = fn(split)
+                elapsed = time.perf_counter() - start
+                best[name, split] = min(best.get((name, split), float("inf")), elapsed)
+    out: dict[str, float | bool] = {name: 1e3 * (best[name, "all"] - best[name, "half"]) / pairs for name in runs}
+    out["same"] = bool(np.array_equal(results["original"], results["ours"]))
+    return out
+
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5, help="best of N alternating runs of each method")
-    parser.add_argument("--pred-format", choices=("palette", "grey"), default="palette")
-    parser.add_argument("--workers", type=int, default=None, help="our thread count (default: as get_miou.py)")
+    parser.add_argument("--pairs", type=int, default=1000, help="N: pairs in the marginal step (2 N written)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best time of each counts")
+    parser.add_argument("--writers", nargs="+", choices=sorted(WRITERS), default=["pil", "cv2"],
+                        help="how the predictions are written (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, help="our threads (default: as get_miou.py)")
     args = parser.parse_args()
-    load_before = f"{os.getloadavg()[0]:.2f}"
-    with tempfile.TemporaryDirectory() as tmp:
-        gt_dir, pred_dir, stems = write_dataset(Path(tmp), args.pairs, args.pred_format)
-        names = [f"c{i}" for i in range(21)]
-        # One untimed pass of each so both start from a warm page cache and warm imports.
-        baseline_compute_miou(gt_dir, pred_dir, stems[:10], 21, names)
-        score_split(tmp, "val", pred_dir, 21)
-        wall, cpu, (base, ours) = best_times(
-            lambda: baseline_compute_miou(gt_dir, pred_dir, split_stems(Path(tmp)), 21, names),
-            lambda: score_split(tmp, "val", pred_dir, 21, workers=args.workers),
-            args.repeats,
-        )
-    same = np.array_equal(base[0], ours)
-    scores = compute_scores(ours)
-    print(f"pairs: {args.pairs} x 500x375 PNG, 21 classes, predictions {args.pred_format} PNGs, "
-          f"best of {args.repeats}, {os.cpu_count()} CPU(s)")
-    print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.2f}")
-    print(f"baseline (original compute_mIoU, PIL + float64 bincount, 1 process): wall {wall[0]:.3f} s, "
-          f"CPU {cpu[0]:.3f} s")
-    print(f"ours (utils.evaluation.split.score_split, as get_miou.py --mode eval): wall {wall[1]:.3f} s, "
-          f"CPU {cpu[1]:.3f} s")
-    print(f"speed-up (wall): {wall[0] / wall[1]:.2f}x   CPU work ratio: {cpu[0] / cpu[1]:.2f}x   "
-          f"identical confusion matrices: {same}")
-    print(f"mIoU ours {100 * scores.miou:.2f}%  original-style {100 * np.mean(base[1]):.2f}% "
-          "(the two differ only when a class is absent from ground truth and prediction)")
+    print(f"{args.pairs} marginal pairs (of {2 * args.pairs} written), 500x375, 21 classes, best of {args.rounds} "
+          f"alternating rounds, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}")
+    print("\n| predictions | original ms/pair | ours ms/pair | ours / original | same confusion matrix |")
+    print("|---|---:|---:|---:|---|")
+    for writer in args.writers:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = marginal(Path(tmp), writer, args.pairs, args.rounds, args.workers)
+        print(f"| {writer} | {result['original']:.3f} | {result['ours']:.3f} | "
+              f"{result['ours'] / result['original']:.2f}x | {result['same']} |")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

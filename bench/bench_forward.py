@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bench.bench_predict import interleaved
-from bench.common import machine_description, matmul_gflops, synchronize
+from bench.common import interleaved, machine_description, matmul_gflops, synchronize
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
 from utils.summary import count_flops, count_parameters
 

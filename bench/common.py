@@ -8,6 +8,7 @@ square float32 matmul) in the same run.
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -50,3 +51,18 @@ def machine_description(device: torch.device | str = "cpu") -> str:
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
             f"(torch {torch.__version__})")
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+                ) -> dict[str, tuple[float, float]]:
+    """(min, median) wall seconds per candidate, timed round-robin so that load changes hit all alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}

@@ -46,3 +46,33 @@ def test_gpu_check_prepares_its_dataset_and_commands_without_a_gpu(tmp_path, cap
     assert len(train) == 8 and (tmp_path / "init.pth").is_file()
     with pytest.raises(SystemExit):
         bench_gpu.parse_args(["--size", "16"])
+
+def test_predict_bench_compares_with_the_original_on_every_size(capsys, monkeypatch):
+    from bench import bench_predict
+
+    monkeypatch.setattr(bench_predict, "SIZE", 64)  # a small network input keeps this quick
+    bench_predict.main(bench_predict.parse_args(["--rounds", "1", "--sizes", "90x70", "61x130", "--no-rss"]))
+    out = capsys.readouterr().out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
+    assert [(row[0], row[1]) for row in rows][:2] == [("90x70", "original"), ("90x70", "ours default")]
+    assert {row[0] for row in rows} == {"90x70", "61x130"}
+    for row in rows:
+        assert float(row[2]) > 0 and 0 <= float(row[5].rstrip("%")) <= 100
+        assert float(row[6].rstrip("%")) < 1.0  # ours and the original's masks agree
+    assert rows[0][4] == "1.00x"
+
+
+def test_predict_bench_peak_rss_is_read_fresh():
+    from bench import bench_predict
+
+    assert 10 < bench_predict.high_water_mib() < 64 * 1024
+
+
+def test_eval_bench_agrees_with_the_original(tmp_path):
+    from bench import bench_eval
+
+    for writer in ("pil", "cv2"):
+        result = bench_eval.marginal(tmp_path / writer, writer, pairs=4, rounds=1, workers=2)
+        assert result["same"] is True
+        assert set(result) == {"original", "ours", "same"}

@@ -209,4 +209,6 @@ def test_a_bare_one_channel_state_dict_is_a_binary_model(tmp_path):
     for threshold in (0.2, float(prob.median()), 0.8):
         predictor.threshold = threshold
         expected = (prob.numpy() >= threshold).astype(np.uint8)
-        assert np.array_equal(predictor.predict([image])[0], expected)
+        differ = predictor.predict([image])[0] != expected
+        # predict() interpolates in another order than predict_proba(): only exact ties may differ.
+        assert np.abs(prob.numpy()[differ] - threshold).max(initial=0) < 1e-5

@@ -161,3 +161,75 @@ def test_label_map_remaps_the_ground_truth_as_it_is_read(tmp_path):
     mapped = score_folders(gt_dir, pred_dir, ["a"], 2, workers=1, label_map=parse_label_map("255:1"))
     assert mapped.tolist() == [[96, 0], [8, 16]]
     assert np.array_equal(read_index_png(gt_dir / "a.png"), gt)
+
+def _png_with_filters(pixels: np.ndarray, kinds: list[int], colour_type: int = 0) -> bytes:
+    """An 8-bit one-channel PNG whose row y is stored with PNG filter ``kinds[y]`` (0 None, 1 Sub, 2 Up,
+    4 Paeth), encoded here by the PNG specification's formulas."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape
+    values = pixels.astype(np.int32)
+    stream = bytearray()
+    for y, kind in enumerate(kinds):
+        row = values[y]
+        left = np.concatenate([[0], row[:-1]])
+        up = values[y - 1] if y else np.zeros(width, np.int32)
+        upleft = np.concatenate([[0], up[:-1]])
+        if kind == 0:
+            filtered = row
+        elif kind == 1:
+            filtered = row - left
+        elif kind == 2:
+            filtered = row - up
+        else:
+            p = left + up - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+            filtered = row - predictor
+        stream += bytes([kind]) + (filtered % 256).astype(np.uint8).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette
+            + chunk(b"IDAT", zlib.compress(bytes(stream))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour_type", [0, 3])
+def test_sub_and_up_filtered_rows_take_the_fast_path(tmp_path, monkeypatch, colour_type):
+    rng = np.random.default_rng(5)
+    pixels = np.repeat(rng.integers(0, 250, (9, 13), dtype=np.uint8), 3, axis=0)[:, :11]
+    pixels[4, 3:7] = 255
+    mixed = [2, 1, 2, 2, 0, 1, 2, 2, 2] * 3
+    patterns = {"sub": [1] * 27, "up": [2] * 27, "none then up": [0] * 16 + [2] * 11, "mixed": mixed}
+    # Files with only None/Sub/Up rows never reach OpenCV's decoder, except grey files whose first
+    # rows mix filter types (adaptive filtering, which usually brings Paeth rows): those go there at once.
+    grey_mixed = tmp_path / "grey_mixed.png"
+    grey_mixed.write_bytes(_png_with_filters(pixels, mixed, 0))
+    np.testing.assert_array_equal(read_index_png(grey_mixed), pixels)
+    if colour_type == 0:
+        del patterns["mixed"]
+    monkeypatch.setattr(png.cv2, "imdecode", lambda *a: pytest.fail("fell back to cv2.imdecode"))
+    for name, kinds in patterns.items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(_png_with_filters(pixels, kinds, colour_type))
+        np.testing.assert_array_equal(read_index_png(path), pixels, err_msg=name)
+        with Image.open(path) as check:  # the hand-made file is a valid PNG
+            np.testing.assert_array_equal(np.asarray(check), pixels)
+    monkeypatch.undo()
+    paeth = tmp_path / "paeth.png"
+    paeth.write_bytes(_png_with_filters(pixels, [4, 1, 2] * 9, colour_type))
+    np.testing.assert_array_equal(read_index_png(paeth), pixels)
+
+
+def test_grey_pngs_from_common_encoders(tmp_path):
+    rng = np.random.default_rng(6)
+    label = np.kron(rng.integers(0, 21, (15, 20)), np.ones((25, 25))).astype(np.uint8)
+    label[rng.random(label.shape) < 0.01] = 255
+    cv2.imwrite(str(tmp_path / "cv.png"), label)
+    Image.fromarray(label, mode="L").save(tmp_path / "pil.png")
+    for name in ("cv.png", "pil.png"):
+        np.testing.assert_array_equal(read_index_png(tmp_path / name), label)

@@ -160,6 +160,19 @@ def test_mix_modes_differ_as_specified():
         mix(image, mask, "sparkle")
 
 
+@pytest.mark.parametrize("alpha", [0.7, 0.5, 1 / 3, 0.0, 1.0])
+def test_blend_is_bit_identical_to_the_float32_formula(alpha):
+    """The banded LUT blend gives exactly uint8(float32(image) * (1 - a) + float32(colour) * a + 0.5),
+    also on an image large enough to be split over threads."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (301, 517, 3), dtype=np.uint8)
+    mask = rng.integers(0, 25, (301, 517), dtype=np.uint8)
+    palette = make_palette(22)  # index 22..24 are beyond the palette: black
+    colour = colorize(mask, palette)
+    expected = (image.astype(np.float32) * (1.0 - alpha) + colour.astype(np.float32) * alpha + 0.5)
+    np.testing.assert_array_equal(mix(image, mask, "blend", alpha, palette), expected.astype(np.uint8))
+
+
 def test_counts_and_index_png(tmp_path):
     mask = np.random.default_rng(0).integers(0, 3, (17, 23), dtype=np.uint8)
     counts = class_counts([mask, mask], 4)

@@ -1,7 +1,8 @@
 """The fast reader of index PNGs (single-channel 8-bit class maps) used when scoring folders.
 
 Three decoders, fastest first, none of which holds the GIL while it works, so a thread pool
-scales over the cores: raw inflate for unfiltered 8-bit PNGs, OpenCV for other 8-bit grey or
+scales over the cores: raw inflate for 8-bit PNGs whose rows are unfiltered or filtered with
+Sub or Up (our palette PNGs, VOC labels, OpenCV's grey PNGs), OpenCV for other 8-bit grey or
 palette PNGs (palettes relabelled as grey in memory), PIL for the rest (it also explains
 what is wrong).
 """
@@ -38,11 +39,13 @@ def read_index_view(path: Path) -> np.ndarray:
     pool scales over the cores:
 
     1. 8-bit PNGs whose rows are stored unfiltered (palette PNGs as PIL and most tools write
-       them, hence VOC labels and our predictions): raw inflate of the pixel stream, whose
-       rows are the indices. This skips zlib's Adler-32 pass over the output, a sizeable
-       share of the decode; the PNG's own CRC-32 of every IDAT chunk is checked instead.
-    2. Other 8-bit grey or palette PNGs: OpenCV. It expands palettes to colour, so palette
-       files are first relabelled as grey in memory (see ``_palette_as_grey``).
+       them, hence VOC labels and our predictions) or filtered with Sub or Up (grey PNGs as
+       OpenCV writes them): raw inflate of the pixel stream, then :func:`_unfilter`. This
+       skips zlib's Adler-32 pass over the output, a sizeable share of the decode; the PNG's
+       own CRC-32 of every IDAT chunk is checked instead.
+    2. Other 8-bit grey or palette PNGs (Average or Paeth rows, as PIL writes grey): OpenCV.
+       It expands palettes to colour, so palette files are first relabelled as grey in memory
+       (see ``_palette_as_grey``).
     3. Anything else (1/2/4-bit, non-PNG): PIL, which also explains what is wrong.
     """
     try:
@@ -82,9 +85,10 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
 
 
 def _inflate_unfiltered(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np.ndarray | None:
-    """The (H, W) pixels of a non-interlaced 8-bit one-channel PNG whose rows are all unfiltered.
+    """The (H, W) pixels of a non-interlaced 8-bit one-channel PNG whose rows are unfiltered or
+    filtered with Sub or Up (:func:`_unfilter`).
 
-    Returns None whenever this shortcut does not apply (filtered or interlaced rows, a bad
+    Returns None whenever this shortcut does not apply (Average or Paeth rows, interlacing, a bad
     CRC, a damaged stream), and the caller falls back to a full decoder, which reports errors.
     """
     start = chunks[0][1]
@@ -106,13 +110,13 @@ def _inflate_unfiltered(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np
         return None
     stride = width + 1  # each row is a filter-type byte and then the pixels
     try:
-        # Encoders filter grey rows but (as the PNG spec advises) rarely palette rows: for grey
-        # files look at the first rows' filter bytes before inflating everything, so filtered
-        # ones go straight to the full decoder.
-        if data[start + 9] == 0:
-            head = zlib.decompressobj(-15).decompress(stream[2:], stride * min(height, _PROBE_ROWS))
-            if any(head[::stride]):
-                return None
+        # Look at the first rows' filter bytes before inflating everything: files with Average or
+        # Paeth rows (which only a sequential decoder undoes) go straight to the full decoder. So
+        # do grey files whose first rows mix filter types: that is adaptive filtering (PIL's grey
+        # PNGs), which nearly always brings Paeth rows further down.
+        kinds = set(zlib.decompressobj(-15).decompress(stream[2:], stride * min(height, _PROBE_ROWS))[::stride])
+        if max(kinds, default=0) > _UP or (data[start + 9] == 0 and len(kinds) > 1):
+            return None
         # One-shot decompress releases the GIL (decompressobj does not); wbits=-15 reads the raw
         # deflate data, leaving out the zlib header and the Adler-32 trailer.
         raw = zlib.decompress(stream[2:], -15, stride * height)
@@ -121,9 +125,39 @@ def _inflate_unfiltered(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np
     if len(raw) != stride * height:
         return None
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
-    if rows[:, 0].any():
+    return _unfilter(rows[:, 0], rows[:, 1:])
+
+
+_SUB, _UP = 1, 2  # PNG filter types; 0 is None, 3 Average and 4 Paeth
+
+
+def _unfilter(kinds: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Pixels of one-byte-per-pixel rows filtered with None, Sub or Up (None for other filters).
+
+    Palette PNGs are stored unfiltered and OpenCV writes grey ones with Sub only. Sub rows are
+    running sums along the row and Up rows running sums down the column from the last row that
+    is not Up, all modulo 256: OpenCV's integral image does both sums at once.
+    """
+    if not kinds.any():
+        return rows
+    if kinds.max() > _UP or rows.size * 255 >= 2**31:  # int32 sums must not overflow
         return None
-    return rows[:, 1:]
+    height = rows.shape[0]
+    decoded = rows
+    sub = kinds == _SUB
+    if sub.any():
+        sums = cv2.integral(rows)
+        along = cv2.subtract(sums[1:, 1:], sums[:-1, 1:]).astype(np.uint8)  # running sums along each row
+        decoded = along if sub.all() else np.where(sub[:, None], along, rows)
+    up = kinds == _UP
+    if up.any():
+        sums = cv2.integral(decoded)
+        down = cv2.subtract(sums[1:, 1:], sums[1:, :-1])  # running sums down each column
+        anchor = np.maximum.accumulate(np.where(up, -1, np.arange(height)))
+        # An Up row is the column sum from its anchor (the last row that is not Up) down to it.
+        base = np.where(anchor[:, None] > 0, down[np.maximum(anchor - 1, 0)], 0)
+        decoded = np.where(up[:, None], (down - base).astype(np.uint8), decoded)
+    return decoded
 
 
 def _palette_as_grey(data: bytes, chunks: list[tuple[bytes, int, int]]) -> bytes:

@@ -3,6 +3,8 @@
 - :mod:`~utils.inference.predictor`: :class:`~utils.inference.predictor.Predictor`, the one pipeline.
 - :mod:`~utils.inference.backends`: the PyTorch and ONNX Runtime forward passes.
 - :mod:`~utils.inference.slide`: sliding-window inference at native resolution (``--slide``).
+- :mod:`~utils.inference.postprocess`: probabilities to class maps at the image's size, without
+  full-size probabilities.
 - :mod:`~utils.inference.fuse`: BatchNorm folding.
 - :mod:`~utils.inference.onnx_export`: ONNX export with verification, the ONNX Runtime session.
 - :mod:`~utils.inference.visualize`: palettes, mix modes, class counts, index PNGs.

@@ -1,15 +1,18 @@
 """The one inference pipeline: letterbox, forward, crop the padding, resize probabilities, argmax.
 
-``predict.py``, ``get_miou.py`` and the evaluation during training all go through
-:class:`Predictor`. The forward pass is a swappable backend (:mod:`utils.inference.backends`):
-PyTorch or ONNX Runtime, with exactly the same pre- and post-processing.
+``predict.py``, ``get_miou.py``, its video mode and the evaluation during training all go
+through :class:`Predictor`. The forward pass is a swappable backend
+(:mod:`utils.inference.backends`): PyTorch or ONNX Runtime, with exactly the same pre- and
+post-processing.
 
-Post-processing happens in torch on the backend's device: softmax over classes, crop of
-the letterbox content box, bilinear resize of the class probabilities to the original
-size (``align_corners=False``, as the original's ``cv2.resize``), argmax. A binary model
-(one output channel) goes through a sigmoid instead, and a pixel is foreground when its
-probability reaches the model's threshold. Test-time augmentation averages the
-probabilities over scales and a horizontal flip.
+The class map is defined as: softmax over classes (sigmoid for a one-channel model), crop of
+the letterbox content box, bilinear resize of the probabilities to the original size
+(``align_corners=False``, as the original's ``cv2.resize``), argmax (or ``> threshold``).
+:meth:`Predictor.predict` computes exactly that without the full-size probabilities
+(:func:`utils.inference.postprocess.upsample_labels`); :meth:`Predictor.predict_proba` returns
+them. Test-time augmentation averages the probabilities over scales and a horizontal flip.
+With :attr:`Predictor.slide` set (the default for models trained on crops), images go through
+sliding windows at native resolution instead (:mod:`utils.inference.slide`).
 """
 
 from __future__ import annotations
@@ -29,38 +32,8 @@ from utils.data.transforms import letterbox
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.inference.backends import OnnxBackend, TorchBackend
+from utils.inference.postprocess import average_upsampled_labels, labels_and_prob, probabilities, upsample_labels
 from utils.inference.slide import SlideOptions, default_slide, slide_predict
-
-
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes; channels-last logits (our CPU/CUDA layout) are reduced over their innermost
-    dimension, which is 2-3x faster than ``softmax(1)`` on the strided layout or a copy to NCHW."""
-    if logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
-        return logits.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
-    return logits.softmax(1)
-
-
-def _probabilities(output: torch.Tensor, already: bool = False) -> torch.Tensor:
-    """Probabilities of a batch of network outputs: sigmoid for one channel (binary), else softmax;
-    ``already`` when the backend returns probabilities (a binary ONNX export has the sigmoid inside)."""
-    if already:
-        return output
-    return output.sigmoid() if output.shape[1] == 1 else _softmax(output)
-
-
-def labels_and_prob(probs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class index per pixel (uint8) and its probability map, from (C, H, W) probabilities.
-
-    One channel is a binary model's foreground probability: the label is 1 where it reaches
-    ``threshold``, and the map is that foreground probability. With C >= 2 the label is the
-    most probable class and the map that class's probability (both from one ``max`` pass, over the
-    tensor's memory order: ``argmax`` over a non-innermost dim is ~3x slower on the CPU).
-    """
-    if probs.shape[0] == 1:
-        return (probs[0] >= threshold).to(torch.uint8), probs[0]
-    hwc = probs.permute(1, 2, 0)
-    values, indices = hwc.max(-1) if hwc.is_contiguous() else probs.max(0)
-    return indices.to(torch.uint8), values
 
 
 class Predictor:
@@ -75,6 +48,9 @@ class Predictor:
         batch_size: images per forward pass.
         optimize / channels_last / precision: see :class:`TorchBackend` and :func:`resolve_precision`.
         backend: a ready forward callable instead of the model (used for ONNX Runtime).
+
+    A one-channel model is binary: where its sigmoid probability reaches ``config["threshold"]``
+    (default 0.5) the class is 1.
     """
 
     def __init__(self, model: nn.Module | None, config: dict[str, Any], device: str | torch.device = "auto",
@@ -88,8 +64,6 @@ class Predictor:
         self.device: torch.device = backend.device
         self.config = dict(config)
         self.num_classes = int(config["num_classes"])
-        self.task: str = config.get("task") or "multiclass"
-        self.threshold = float(config.get("threshold") or DEFAULT_THRESHOLD)
         names = config.get("class_names")
         self.class_names: list[str] = list(names) if names else default_class_names(self.num_classes)
         size = config.get("input_size") or [512, 512]
@@ -97,6 +71,11 @@ class Predictor:
             size = [size, size]
         self.input_size: tuple[int, int] = (int(size[0]), int(size[-1]))
         self.batch_size = max(1, int(batch_size))
+        self.task: str = config.get("task") or "multiclass"
+        threshold = config.get("threshold")
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        # A binary ONNX export ends in the sigmoid: its outputs are probabilities already.
+        self._outputs_probabilities = bool(getattr(backend, "outputs_probabilities", False))
         # Sliding windows instead of the letterbox in predict(); on by default for models trained on crops.
         self.slide: SlideOptions | None = default_slide(self.config)
 
@@ -129,8 +108,7 @@ class Predictor:
             config["input_size"] = list(backend.fixed_size)
         output_shape = backend.session.get_outputs()[0].shape
         if "num_classes" not in config and len(output_shape) == 4 and isinstance(output_shape[1], int):
-            binary = output_shape[1] == 1
-            config.update(num_classes=2 if binary else output_shape[1], task="binary" if binary else "multiclass")
+            config["num_classes"] = output_shape[1]
         names = overrides.get("class_names")
         if names is not None and "num_classes" in config and len(names) != config["num_classes"]:
             raise UserError(f"{path} was exported for {config['num_classes']} classes, but {len(names)} class "
@@ -150,67 +128,89 @@ class Predictor:
         batch = torch.from_numpy(np.stack(canvases)).to(self.device, non_blocking=True)
         return batch.permute(0, 3, 1, 2).float().div_(255.0)
 
-    def _proba_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
-        """Class probabilities (C, h, w) at each image's original size, for one network input size."""
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch of backend outputs (softmax, or sigmoid for one channel)."""
+        return output if self._outputs_probabilities else probabilities(output)
+
+    def _maps_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
+        """Class probabilities (C, h, w) of each image's letterbox content box, for one network input size."""
         out: list[torch.Tensor] = []
         for chunk in self._chunks(images, self.batch_size):
             placed = [letterbox(image, size) for image in chunk]
             batch = self._to_batch([canvas for canvas, _, _ in placed])
-            already = getattr(self.backend, "outputs_probabilities", False)
-            if flip:
-                probs = _probabilities(self.backend(torch.cat((batch, batch.flip(3)))), already)
-                probs = (probs[:len(chunk)] + probs[len(chunk):].flip(3)) * 0.5
-            else:
-                probs = _probabilities(self.backend(batch), already)
-            for image, (_, _, box), prob in zip(chunk, placed, probs, strict=True):
-                crop = prob[None, :, box.top:box.top + box.height, box.left:box.left + box.width]
-                height, width = image.shape[:2]
-                if crop.shape[2:] != (height, width):
-                    crop = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
-                out.append(crop[0])
+            logits = self.backend(torch.cat((batch, batch.flip(3))) if flip else batch)
+            for index, (_, _, box) in enumerate(placed):
+                rows, cols = slice(box.top, box.top + box.height), slice(box.left, box.left + box.width)
+                probs = self.probabilities(logits[index:index + 1, :, rows, cols])
+                if flip:
+                    mirrored = logits[len(chunk) + index:len(chunk) + index + 1].flip(3)
+                    probs = (probs + self.probabilities(mirrored[:, :, rows, cols])) * 0.5
+                out.append(probs[0])
         return out
+
+    def _scaled_sizes(self, tta: bool, scales: Sequence[float]) -> list[tuple[int, int]]:
+        """Network input sizes: the predictor's, or each TTA scale of it."""
+        if not tta:
+            return [self.input_size]
+        if not scales:
+            raise ValueError("tta needs at least one scale")
+        return [(max(16, round(self.input_size[0] * s)), max(16, round(self.input_size[1] * s))) for s in scales]
+
+    @staticmethod
+    def _check_images(images: Sequence[np.ndarray]) -> None:
+        for image in images:
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                    and image.shape[2] == 3):
+                raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
 
     def predict_proba(self, images: Sequence[np.ndarray], tta: bool = False,
                       scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[torch.Tensor]:
         """Class probabilities (C, H, W) float32 at each image's original size, on the predictor's device.
 
-        A binary model gives one channel: the foreground probability.
+        This holds C x H x W floats per image (1 GB for 21 classes at 12 MP); :meth:`predict`
+        gives the same argmax without them.
 
         Args:
             images: RGB uint8 arrays (H, W, 3), sizes may differ.
             tta: average over ``scales`` (of the input size) and, with ``flip``, horizontal flips.
         """
-        for image in images:
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                    and image.shape[2] == 3):
-                raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
-        if not tta:
-            return self._proba_at_scale(images, self.input_size, flip=False)
-        if not scales:
-            raise ValueError("tta needs at least one scale")
+        self._check_images(images)
+        sizes = self._scaled_sizes(tta, scales)
         total: list[torch.Tensor] | None = None
-        for scale in scales:
-            size = (max(16, round(self.input_size[0] * scale)), max(16, round(self.input_size[1] * scale)))
-            probs = self._proba_at_scale(images, size, flip=flip)
+        for size in sizes:
+            maps = self._maps_at_scale(images, size, flip=tta and flip)
+            probs = [m if m.shape[1:] == image.shape[:2] else
+                     F.interpolate(m[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+                     for m, image in zip(maps, images, strict=True)]
             total = probs if total is None else [t.add_(p) for t, p in zip(total, probs, strict=True)]
-        return [t.div_(len(scales)) for t in total]
+        return total if len(sizes) == 1 else [t.div_(len(sizes)) for t in total]
 
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
-        """Class-index masks uint8 (H, W) at each image's original size (see :meth:`predict_proba`);
-        a binary model's mask is 1 where the foreground probability reaches :attr:`threshold`.
+        """Class-index masks uint8 (H, W) at each image's original size: the argmax of :meth:`predict_proba`
+        (ties aside), computed by :mod:`utils.inference.postprocess` without full-size probabilities.
+        A binary model's mask is 1 where the foreground probability reaches :attr:`threshold`.
 
-        With ``self.slide`` set, each image goes through :func:`~utils.inference.slide.slide_predict`
+        With :attr:`slide` set, each image goes through :func:`~utils.inference.slide.slide_predict`
         instead of the letterbox (test-time augmentation is not available there).
         """
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
+        self._check_images(images)
         if self.slide is not None:
             if tta:
                 raise ValueError("test-time augmentation is not available with sliding windows")
             return [slide_predict(self, image, self.slide) for image in images]
-        probs = self.predict_proba(images, tta=tta, scales=scales, flip=flip)
-        return [labels_and_prob(p, self.threshold)[0].cpu().numpy() for p in probs]
+        sizes = self._scaled_sizes(tta, scales)
+        per_size = [self._maps_at_scale(images, size, flip=tta and flip) for size in sizes]
+        masks = []
+        for index, image in enumerate(images):
+            maps = [maps[index] for maps in per_size]
+            if len(maps) == 1:
+                masks.append(upsample_labels(maps[0], image.shape[:2], self.threshold))
+            else:
+                masks.append(average_upsampled_labels(maps, image.shape[:2], self.threshold))
+        return masks
 
     def predict_with_prob(self, images: Sequence[np.ndarray], tta: bool = False,
                           scales: Sequence[float] = (0.75, 1.0, 1.25),
@@ -218,10 +218,11 @@ class Predictor:
         """``(mask, prob)`` per image: the mask of :meth:`predict` and, from the same probabilities, the
         foreground probability (binary) or the predicted class's probability (H, W), float32 on the device.
 
-        Only the (C, H, W) probabilities of one batch are alive at a time.
+        Unlike :meth:`predict` this goes through the full-size probabilities of one image at a time.
         """
         out = []
-        for p in self.predict_proba(images, tta=tta, scales=scales, flip=flip):
+        for image in images:
+            (p,) = self.predict_proba([image], tta=tta, scales=scales, flip=flip)
             mask, prob = labels_and_prob(p, self.threshold)
             out.append((mask.cpu().numpy(), prob))
         return out

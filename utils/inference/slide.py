@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from utils.data.transforms import GREY, _shrink_or_cubic
 from utils.errors import UserError
+from utils.inference.postprocess import labels_and_prob
 
 if TYPE_CHECKING:
     from utils.inference.predictor import Predictor
@@ -113,14 +114,6 @@ def _coverage(length: int, window: int, starts: list[int], device: torch.device)
     return counts
 
 
-def _probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    return logits.float().sigmoid() if binary else logits.float().softmax(1)
-
-
-def _is_binary(config: dict[str, Any], channels: int) -> bool:
-    return channels == 1 or config.get("task") == "binary"
-
-
 def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
                progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """Averaged window probabilities of ``image`` as row bands ``(first_row, (C, rows, W) float32)``.
@@ -164,7 +157,7 @@ def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
         chunk = windows[start:start + predictor.batch_size]
         batch = predictor._to_batch([image[y:y + win_h, x:x + win_w] for y, x in chunk])
         logits = predictor.backend(batch)
-        probs = _probabilities(logits, _is_binary(predictor.config, logits.shape[1]))
+        probs = predictor.probabilities(logits.float())
         if acc is None:
             acc = torch.zeros((probs.shape[1], win_h, pad_w), dtype=torch.float32, device=device)
         for (y, x), prob in zip(chunk, probs, strict=True):
@@ -233,12 +226,8 @@ def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions
     bands = slide_rows(predictor, scaled, options.overlap, options.progress)
     if scaled is not image:
         bands = resize_rows(bands, scaled.shape[0], (height, width))
-    threshold = float(predictor.config.get("threshold", 0.5))
     mask = np.empty((height, width), dtype=np.uint8)
     for start, band in bands:
-        if _is_binary(predictor.config, band.shape[0]):
-            labels = band[0] > threshold
-        else:
-            labels = band.max(0).indices
-        mask[start:start + band.shape[1]] = labels.to(torch.uint8).cpu().numpy()
+        labels, _ = labels_and_prob(band, predictor.threshold)
+        mask[start:start + band.shape[1]] = labels.cpu().numpy()
     return mask

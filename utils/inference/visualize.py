@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import colorsys
 import csv
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from utils.data.io import save_label, voc_palette
 
 MIX_MODES = ("blend", "mask", "cutout")
 VOC_PALETTE_CLASSES = 21
+BAND_PIXELS = 1 << 16  # pixels per band of rows: the float work arrays stay in the cache
 
 
 def make_palette(num_classes: int) -> np.ndarray:
@@ -52,16 +56,39 @@ def make_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
-def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """RGB (H, W, 3) uint8 image of a class-index mask; indices beyond the palette are black."""
+def _colour_table(palette: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8 colours by class index; indices beyond the palette are black."""
     table = np.zeros((256, 3), dtype=np.uint8)
     table[:len(palette)] = palette[:256]
-    return table[mask]
+    return table
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) uint8 image of a class-index mask; indices beyond the palette are black."""
+    return _colour_table(palette)[mask]
+
+
+def _in_row_bands(height: int, width: int, work: Callable[[slice], None]) -> None:
+    """Run ``work(rows)`` over bands of about :data:`BAND_PIXELS` pixels, on all cores for big images
+    (numpy releases the GIL in its loops, so threads share the bands)."""
+    step = max(1, BAND_PIXELS // max(width, 1))
+    bands = [slice(top, min(top + step, height)) for top in range(0, height, step)]
+    workers = min(len(bands), os.cpu_count() or 1)
+    if workers < 2:
+        for rows in bands:
+            work(rows)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, bands))
 
 
 def mix(image: np.ndarray, mask: np.ndarray, mode: str = "blend", alpha: float = 0.7,
         palette: np.ndarray | None = None) -> np.ndarray:
-    """Picture of ``mask`` over ``image`` (both at the same size), per the module's mix modes."""
+    """Picture of ``mask`` over ``image`` (both at the same size), per the module's mix modes.
+
+    ``blend`` is ``uint8(float32(image) * (1 - alpha) + float32(colour) * alpha + 0.5)``, worked
+    out band by band so that its float32 temporaries stay small.
+    """
     if mode not in MIX_MODES:
         raise ValueError(f"mix mode must be one of {', '.join(MIX_MODES)}; got {mode!r}")
     if image.shape[:2] != mask.shape:
@@ -70,13 +97,24 @@ def mix(image: np.ndarray, mask: np.ndarray, mode: str = "blend", alpha: float =
         return np.where((mask != 0)[:, :, None], image, 0).astype(np.uint8)
     if palette is None:
         palette = make_palette(int(mask.max()) + 1)
-    colour = colorize(mask, palette)
     if mode == "mask":
-        return colour
+        return colorize(mask, palette)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1; got {alpha}")
-    blended = image.astype(np.float32) * (1.0 - alpha) + colour.astype(np.float32) * alpha
-    return (blended + 0.5).astype(np.uint8)
+    # Per-value tables hold exactly the float32 products of the formula; cv2.LUT applies them
+    # many times faster than numpy's fancy indexing, and cv2.add is a plain float32 addition.
+    colour = (_colour_table(palette).astype(np.float32) * np.float32(alpha)).reshape(1, 256, 3)
+    kept = np.arange(256, dtype=np.float32) * np.float32(1.0 - alpha)
+    out = np.empty(image.shape, dtype=np.uint8)
+
+    def blend(rows: slice) -> None:
+        labels = mask[rows]
+        band = cv2.add(cv2.LUT(image[rows], kept), cv2.LUT(cv2.merge((labels, labels, labels)), colour))
+        band += np.float32(0.5)
+        np.copyto(out[rows], band, casting="unsafe")  # truncation, as astype(np.uint8)
+
+    _in_row_bands(image.shape[0], image.shape[1], blend)
+    return out
 
 
 def class_counts(masks: Sequence[np.ndarray] | np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,0 +1,235 @@
+"""From network outputs to class maps at the image's size, without class probabilities on the full canvas.
+
+The result is defined as "bilinear probabilities at the output size (``align_corners=False``,
+the coordinates of ``F.interpolate`` and ``cv2.resize``), then argmax", or for a one-channel
+(binary) model "bilinear probability, then ``>= threshold``". :func:`upsample_labels` computes
+exactly that while never holding ``C x H x W`` values:
+
+- bilinear interpolation is a convex combination of the 4 neighbouring source pixels, so where
+  all 4 neighbours of an output pixel have the same argmax class k, the interpolated argmax is
+  k too (``p_k >= p_j`` at each corner, hence in the weighted sum; ties aside). The same holds
+  for a threshold on one channel;
+- so the low-resolution labels are expanded to the output size by index gathering, and the
+  interpolated probabilities are computed only for output pixels whose neighbours disagree
+  (the class borders, a few percent of the pixels), in bounded chunks.
+
+Memory is the output's labels plus small index arrays. :func:`average_upsampled_labels` is
+the probability path for test-time augmentation (a mean over maps of different sizes has no
+shared cells): it interpolates and sums them a band of output rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+CHUNK_VALUES = 1 << 22  # floats per work array (16 MB): bounds memory on any image size
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel probabilities of logits (N, C, H, W): softmax over classes, or sigmoid for one channel.
+
+    Channels-last logits (our CPU/CUDA layout) are reduced over their innermost dimension,
+    which is 2-3x faster than ``softmax(1)`` on the strided layout or a copy to NCHW.
+    """
+    if logits.shape[1] == 1:
+        return logits.sigmoid()
+    if logits.stride(1) == 1:
+        return logits.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
+    return logits.softmax(1)
+
+
+class Taps(NamedTuple):
+    """Bilinear source taps along one axis: output i reads ``first[i]`` with weight ``1 - frac[i]``
+    and ``second[i]`` with weight ``frac[i]``."""
+
+    first: np.ndarray
+    second: np.ndarray
+    frac: np.ndarray
+
+
+def bilinear_taps(source: int, target: int) -> Taps:
+    """Source indices and weights of bilinear resizing ``source`` -> ``target`` samples, ``align_corners=False``.
+
+    Float32 arithmetic as in PyTorch's CPU kernel: ``src = (i + 0.5) * (source / target) - 0.5``,
+    clamped at 0; the second tap is clamped to the last sample (cv2.resize's rule too).
+    """
+    scale = np.float32(source) / np.float32(target)
+    src = (np.arange(target, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    np.maximum(src, 0, out=src)
+    first = np.minimum(np.floor(src).astype(np.int64), source - 1)
+    frac = np.clip(src - first.astype(np.float32), 0, 1).astype(np.float32)
+    second = first + (first < source - 1)
+    return Taps(first, second, frac)
+
+
+def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Labels of (..., C) probabilities: argmax over C, or ``p >= threshold`` for one channel."""
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] >= threshold).astype(np.uint8)
+    return probs.argmax(-1).astype(np.uint8)
+
+
+def _expand(grid: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
+    """``grid[rows.first][:, cols.first]``: repeating source rows/columns by their use count is
+    several times faster than fancy indexing, and exact because the taps never decrease."""
+    grid = np.repeat(grid, np.bincount(rows.first, minlength=grid.shape[0]), axis=0)
+    return np.repeat(grid, np.bincount(cols.first, minlength=grid.shape[1]), axis=1)
+
+
+def _disagreeing_cells(labels: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the cell whose top-left sample is (i, j) (samples i..i+1 x j..j+1, clipped at
+    the border) holds more than one label."""
+    h, w = labels.shape
+    down = np.zeros((h, w + 1), dtype=bool)
+    down[:h - 1, :w] = labels[:-1] != labels[1:]
+    right = np.zeros((h + 1, w), dtype=bool)
+    right[:h, :w - 1] = labels[:, :-1] != labels[:, 1:]
+    return down[:, :w] | down[:, 1:] | right[:h] | right[1:]
+
+
+def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(C, h, w) probabilities as a contiguous float32 (h, w, C) host array."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().permute(1, 2, 0).to("cpu", torch.float32).numpy()
+    else:
+        probs = probs.transpose(1, 2, 0)
+    return np.ascontiguousarray(probs, dtype=np.float32)
+
+
+def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
+                    chunk: int = CHUNK_VALUES) -> np.ndarray:
+    """Class map (H, W) uint8 of (C, h, w) probabilities resized bilinearly to ``size`` = (H, W).
+
+    Equal to ``F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]`` followed
+    by argmax over C (or ``>= threshold`` when C is 1), except where classes tie; see the module
+    docstring. Works for up- and downsampling (bilinear without antialias). ``probs`` may be on
+    any device; the work is done on the host with at most about ``chunk`` floats per work array.
+    """
+    hwc = _as_hwc(probs)
+    h, w, channels = hwc.shape
+    height, width = int(size[0]), int(size[1])
+    if channels > 256:
+        raise ValueError(f"uint8 class maps hold at most 256 classes; got {channels} channels")
+    labels = _labels(hwc, threshold)
+    if (h, w) == (height, width):
+        return labels
+    rows, cols = bilinear_taps(h, height), bilinear_taps(w, width)
+    disagree = _disagreeing_cells(labels)
+    # A marker value for "neighbours disagree"; a 256-class model uses every uint8 value, so int16.
+    marker = -1 if channels == 256 else 255
+    marked = labels.astype(np.int16) if channels == 256 else labels.copy()
+    marked[disagree] = marker
+    out = _expand(marked, rows, cols)
+    # Bands of source rows: each band's cells and the output rows that read them.
+    band = max(1, chunk // (4 * w * channels))
+    bounds = np.searchsorted(rows.first, np.arange(0, h + band, band))
+    for index, (top, bottom) in enumerate(pairwise(bounds)):
+        todo = np.flatnonzero(out[top:bottom] == marker)
+        if todo.size:
+            refine = _Cells(hwc, disagree, index * band, min((index + 1) * band, h), threshold)
+            ys, xs = np.divmod(todo, width)
+            out[top:bottom].reshape(-1)[todo] = refine.labels(ys + top, xs, rows, cols, chunk)
+    return out.astype(np.uint8, copy=False)
+
+
+class _Cells:
+    """The disagreeing cells of source rows ``first..last - 1``: their 4 corner probabilities, kept
+    only for the classes that can win somewhere in the cell.
+
+    A class j whose largest corner probability is below some class k's smallest one can win at
+    no point of the cell (``p_j(x) <= max p_j < min p_k <= p_k(x)``), so it is dropped. At a
+    class border that leaves 2-3 classes of 21, which is what makes the exact refinement cheap.
+    """
+
+    def __init__(self, hwc: np.ndarray, disagree: np.ndarray, first: int, last: int, threshold: float) -> None:
+        h, w, channels = hwc.shape
+        self.width, self.first, self.threshold = w, first, threshold
+        cells = np.flatnonzero(disagree[first:last]) + first * w
+        self.slot = np.full((last - first) * w, -1, dtype=np.int64)
+        self.slot[cells - first * w] = np.arange(cells.size)
+        i, j = np.divmod(cells, w)
+        below, right = np.minimum(i + 1, h - 1) * w, np.minimum(j + 1, w - 1)
+        flat = hwc.reshape(h * w, channels)
+        corners = np.stack([flat[i * w + j], flat[i * w + right], flat[below + j], flat[below + right]], axis=1)
+        if channels == 1:
+            self.values, self.classes = corners, np.zeros((cells.size, 1), dtype=np.uint8)
+            self.width_of = np.ones(cells.size, dtype=np.int64)
+            return
+        possible = corners.max(1) >= corners.min(1).max(-1, keepdims=True)
+        count = possible.sum(-1)
+        # Classes that can win first (in class order, so ties still go to the lowest class).
+        self.classes = np.argsort(~possible, axis=-1, kind="stable").astype(np.uint8)
+        self.values = np.take_along_axis(corners, self.classes[:, None, :].astype(np.int64), axis=2)
+        # Padding entries are classes that cannot win: a probability of -1 keeps them out of the argmax.
+        self.values[~np.take_along_axis(possible, self.classes.astype(np.int64), axis=-1)[:, None, :]
+                    .repeat(4, axis=1)] = -1
+        # Cells are grouped by candidate count rounded up to a power of two, to work on few columns.
+        self.width_of = np.minimum(channels, 1 << np.ceil(np.log2(np.maximum(count, 1))).astype(np.int64))
+
+    def labels(self, ys: np.ndarray, xs: np.ndarray, rows: Taps, cols: Taps, chunk: int) -> np.ndarray:
+        """Labels of output pixels (ys, xs), all of which lie in this band's disagreeing cells."""
+        slots = self.slot[(rows.first[ys] - self.first) * self.width + cols.first[xs]]
+        fy, fx = rows.frac[ys], cols.frac[xs]
+        result = np.empty(ys.size, dtype=np.uint8)
+        widths = self.width_of[slots]
+        for k in np.unique(widths):
+            chosen = np.flatnonzero(widths == k)
+            step = max(1, chunk // (4 * int(k)))
+            for start in range(0, chosen.size, step):
+                part = chosen[start:start + step]
+                result[part] = self._argmax(slots[part], fy[part, None], fx[part, None], int(k))
+        return result
+
+    def _argmax(self, slots: np.ndarray, fy: np.ndarray, fx: np.ndarray, k: int) -> np.ndarray:
+        """Bilinear value per pixel in PyTorch's order of operations, then the winning class."""
+        v = self.values[slots, :, :k]
+        gy, gx = 1 - fy, 1 - fx
+        value = gy * (gx * v[:, 0] + fx * v[:, 1]) + fy * (gx * v[:, 2] + fx * v[:, 3])
+        if self.values.shape[2] == 1:
+            return (value[:, 0] >= self.threshold).astype(np.uint8)
+        return np.take_along_axis(self.classes[slots, :k], value.argmax(-1)[:, None], axis=1)[:, 0]
+
+
+def average_upsampled_labels(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int],
+                             threshold: float = 0.5, chunk: int = CHUNK_VALUES) -> np.ndarray:
+    """Class map (H, W) uint8 of the mean of several (C, h_i, w_i) probability maps, each resized
+    bilinearly to ``size`` (test-time augmentation), computed a band of output rows at a time."""
+    if not maps:
+        raise ValueError("average_upsampled_labels needs at least one map")
+    height, width = int(size[0]), int(size[1])
+    sources = [_as_hwc(m) for m in maps]
+    channels = sources[0].shape[2]
+    taps = [(bilinear_taps(s.shape[0], height), bilinear_taps(s.shape[1], width)) for s in sources]
+    out = np.empty((height, width), dtype=np.uint8)
+    band = max(1, chunk // (width * channels))
+    for top in range(0, height, band):
+        ys = np.arange(top, min(top + band, height))
+        total = np.zeros((ys.size, width, channels), dtype=np.float32)
+        for source, (rows, cols) in zip(sources, taps, strict=True):
+            fy = rows.frac[ys, None, None]
+            # Rows first: (band, w, C) is smaller than (band, W, C) when enlarging.
+            mixed = (1 - fy) * source[rows.first[ys]] + fy * source[rows.second[ys]]
+            fx = cols.frac[None, :, None]
+            total += (1 - fx) * mixed[:, cols.first] + fx * mixed[:, cols.second]
+        out[top:top + ys.size] = _labels(total / len(sources), threshold)
+    return out
+
+
+def labels_and_prob(probs: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class index per pixel (uint8) and its probability map, from (C, H, W) probabilities at full size.
+
+    One channel is a binary model's foreground probability: the label is 1 where it reaches
+    ``threshold``, and the map is that foreground probability. With C >= 2 the label is the
+    most probable class and the map that class's probability (both from one ``max`` pass, over the
+    tensor's memory order: ``argmax`` over a non-innermost dim is ~3x slower on the CPU).
+    """
+    if probs.shape[0] == 1:
+        return (probs[0] >= threshold).to(torch.uint8), probs[0]
+    hwc = probs.permute(1, 2, 0)
+    values, indices = hwc.max(-1) if hwc.is_contiguous() else probs.max(0)
+    return indices.to(torch.uint8), values
