@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.test_recipe import poison_criterion
 from train import main, parse_args
 from utils.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
 from utils.data.io import load_image
@@ -148,23 +149,8 @@ def test_cli_errors_exit_2_without_traceback(train_data_root, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(train_data_root, tmp_path, monkeypatch):
-    from utils.training import builder
-
-    real = builder.build_criterion
-
-    def poisoned(*args, **kwargs):
-        criterion = real(*args, **kwargs)
-        calls = {"n": 0}
-
-        def wrapped(logits, target):
-            calls["n"] += 1
-            value = criterion(logits, target)
-            # Epoch 1 (4 batches + 2 val batches) is fine; the first batch of epoch 2 diverges.
-            return value * float("nan") if calls["n"] > 6 else value
-
-        return wrapped
-
-    monkeypatch.setattr(builder, "build_criterion", poisoned)
+    # Epoch 1 (4 batches + 2 val batches) is fine; from the first batch of epoch 2 on the loss is NaN.
+    poison_criterion(monkeypatch, lambda call: call > 6)
     save_dir = tmp_path / "nan"
     with pytest.raises(UserError, match="loss became nan at epoch 2"):
         main(parse_args(tiny_args(train_data_root, save_dir, "--epochs", "2", "--eval-period", "1")))

@@ -97,3 +97,23 @@ class OnnxBackend:
         """The model config stored in the ONNX metadata by our exporter, or None."""
         meta = self.session.get_modelmeta().custom_metadata_map
         return json.loads(meta[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in meta else None
+
+    def resolved_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The model config for this file: its metadata (written by our exporter), its fixed input size and
+        output channels, then ``overrides`` (``input_size``, ``class_names``, ``num_classes``; None ignored)."""
+        config = self.config() or {}
+        if self.fixed_size is not None:
+            config["input_size"] = list(self.fixed_size)
+        output_shape = self.session.get_outputs()[0].shape
+        if "num_classes" not in config and len(output_shape) == 4 and isinstance(output_shape[1], int):
+            config["num_classes"] = output_shape[1]
+        names = overrides.get("class_names")
+        if names is not None and "num_classes" in config and len(names) != config["num_classes"]:
+            raise UserError(f"{self.path} was exported for {config['num_classes']} classes, but {len(names)} class "
+                            "names were given (--classes). Use the class list the model was trained with.")
+        config.update({k: v for k, v in overrides.items() if v is not None})
+        if "num_classes" not in config:
+            raise UserError(f"{self.path}: cannot tell the number of classes; pass --classes")
+        if names is not None:
+            config["num_classes"] = len(names)
+        return config

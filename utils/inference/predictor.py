@@ -36,6 +36,27 @@ from utils.inference.postprocess import average_upsampled_labels, labels_and_pro
 from utils.inference.slide import SlideOptions, default_slide, slide_predict
 
 
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _scaled_sizes(input_size: tuple[int, int], tta: bool, scales: Sequence[float]) -> list[tuple[int, int]]:
+    """Network input sizes: ``input_size``, or each TTA scale of it."""
+    if not tta:
+        return [input_size]
+    if not scales:
+        raise ValueError("tta needs at least one scale")
+    return [(max(16, round(input_size[0] * s)), max(16, round(input_size[1] * s))) for s in scales]
+
+
+def _check_images(images: Sequence[np.ndarray]) -> None:
+    for image in images:
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3):
+            raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
+
+
 class Predictor:
     """Segment RGB uint8 images of any size with a DeepLabV3+ model.
 
@@ -103,26 +124,8 @@ class Predictor:
         if not path.is_file():
             raise UserError(f"ONNX file not found: {path}. Check the path given to --onnx.")
         backend = OnnxBackend(path, threads=threads)
-        config = backend.config() or {}
-        if backend.fixed_size is not None:
-            config["input_size"] = list(backend.fixed_size)
-        output_shape = backend.session.get_outputs()[0].shape
-        if "num_classes" not in config and len(output_shape) == 4 and isinstance(output_shape[1], int):
-            config["num_classes"] = output_shape[1]
-        names = overrides.get("class_names")
-        if names is not None and "num_classes" in config and len(names) != config["num_classes"]:
-            raise UserError(f"{path} was exported for {config['num_classes']} classes, but {len(names)} class "
-                            "names were given (--classes). Use the class list the model was trained with.")
-        config.update({k: v for k, v in overrides.items() if v is not None})
-        if "num_classes" not in config:
-            raise UserError(f"{path}: cannot tell the number of classes; pass --classes")
-        if names is not None:
-            config["num_classes"] = len(names)
+        config = backend.resolved_config(overrides)
         return cls(None, config, backend=backend, batch_size=batch_size)
-
-    def _chunks(self, items: Sequence, size: int) -> Iterator[Sequence]:
-        for start in range(0, len(items), size):
-            yield items[start:start + size]
 
     def _to_batch(self, canvases: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(canvases)).to(self.device, non_blocking=True)
@@ -135,7 +138,7 @@ class Predictor:
     def _maps_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
         """Class probabilities (C, h, w) of each image's letterbox content box, for one network input size."""
         out: list[torch.Tensor] = []
-        for chunk in self._chunks(images, self.batch_size):
+        for chunk in _chunks(images, self.batch_size):
             placed = [letterbox(image, size) for image in chunk]
             batch = self._to_batch([canvas for canvas, _, _ in placed])
             logits = self.backend(torch.cat((batch, batch.flip(3))) if flip else batch)
@@ -148,21 +151,6 @@ class Predictor:
                 out.append(probs[0])
         return out
 
-    def _scaled_sizes(self, tta: bool, scales: Sequence[float]) -> list[tuple[int, int]]:
-        """Network input sizes: the predictor's, or each TTA scale of it."""
-        if not tta:
-            return [self.input_size]
-        if not scales:
-            raise ValueError("tta needs at least one scale")
-        return [(max(16, round(self.input_size[0] * s)), max(16, round(self.input_size[1] * s))) for s in scales]
-
-    @staticmethod
-    def _check_images(images: Sequence[np.ndarray]) -> None:
-        for image in images:
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                    and image.shape[2] == 3):
-                raise ValueError("Predictor expects RGB uint8 arrays of shape (H, W, 3)")
-
     def predict_proba(self, images: Sequence[np.ndarray], tta: bool = False,
                       scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[torch.Tensor]:
         """Class probabilities (C, H, W) float32 at each image's original size, on the predictor's device.
@@ -174,8 +162,8 @@ class Predictor:
             images: RGB uint8 arrays (H, W, 3), sizes may differ.
             tta: average over ``scales`` (of the input size) and, with ``flip``, horizontal flips.
         """
-        self._check_images(images)
-        sizes = self._scaled_sizes(tta, scales)
+        _check_images(images)
+        sizes = _scaled_sizes(self.input_size, tta, scales)
         total: list[torch.Tensor] | None = None
         for size in sizes:
             maps = self._maps_at_scale(images, size, flip=tta and flip)
@@ -196,12 +184,12 @@ class Predictor:
         """
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
-        self._check_images(images)
+        _check_images(images)
         if self.slide is not None:
             if tta:
                 raise ValueError("test-time augmentation is not available with sliding windows")
             return [slide_predict(self, image, self.slide) for image in images]
-        sizes = self._scaled_sizes(tta, scales)
+        sizes = _scaled_sizes(self.input_size, tta, scales)
         per_size = [self._maps_at_scale(images, size, flip=tta and flip) for size in sizes]
         masks = []
         for index, image in enumerate(images):
