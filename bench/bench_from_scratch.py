@@ -9,7 +9,7 @@ Each run is ``train.py`` then ``get_miou.py`` in a subprocess, exactly as a user
 commands are printed); the table is printed at the end. CamVid lives outside the repository:
 pass its folder with ``--data-root`` (see its README; it is never copied here).
 
-Run: ``.venv/bin/python -m bench.bench_camvid --data-root ../shared/datasets/camvid [--epochs 6]``
+Run: ``.venv/bin/python -m bench.bench_from_scratch --data-root ../shared/datasets/camvid [--epochs 6]``
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROAD_MAP = "3:1,255:255,*:0"
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, help="CamVid in the VOC layout")
-    parser.add_argument("--out", default="bench/out/camvid", help="runs and reports go here [%(default)s]")
+    parser.add_argument("--out", default="bench/out/from_scratch", help="runs and reports go here [%(default)s]")
     parser.add_argument("--experiments", nargs="+", choices=("heads", "road"), default=["heads", "road"])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--input-size", type=int, nargs=2, default=(144, 192), metavar=("H", "W"))
