@@ -6,7 +6,8 @@ batches from their own data loader, in the same run, each configuration in its o
 
 - ``original``: a BASELINE rebuild of the original's ``fit_one_epoch`` training step, fed by
   its loader (``bench/original_loader.py``: float64 image and one-hot label per sample, the
-  original collate to float32 image, int64 label and float32 one-hot): ``model.train()``,
+  original collate to float32 image, int64 label and float32 one-hot) and its model (the same
+  network in NCHW with PyTorch's ``nn.Dropout``, :func:`original_model`): ``model.train()``,
   ``optimizer.zero_grad()``, forward, its ``CE_Loss`` (NHWC view, ``ignore_index=num_classes``,
   class weights of ones) plus ``Dice_loss`` with ``--dice``, its ``f_score`` under ``no_grad``,
   backward, step, and ``loss.item()`` / ``f_score.item()``. Its fp16 switch works only on
@@ -94,6 +95,16 @@ def original_f_score(inputs: torch.Tensor, target: torch.Tensor, smooth: float =
     return torch.mean((2 * tp + smooth) / (2 * tp + fn + fp + smooth))
 
 
+def original_model(num_classes: int, backbone: str) -> torch.nn.Module:
+    """The original's DeepLab: ours (same keys and function) with PyTorch's own ``nn.Dropout``, in NCHW."""
+    model = DeepLab(num_classes, backbone)
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -109,7 +120,7 @@ def measure_original(cfg: dict[str, Any]) -> dict[str, Any]:
                                      cfg["num_classes"], train=True)
     loader = DataLoader(dataset, batch_size=cfg["batch"], shuffle=True, num_workers=cfg["workers"],
                         pin_memory=device.type == "cuda", drop_last=True, collate_fn=original_collate)
-    model = DeepLab(cfg["num_classes"], cfg["backbone"]).to(device)
+    model = original_model(cfg["num_classes"], cfg["backbone"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), cfg["lr"], betas=(0.9, 0.999), weight_decay=0)
     weights = torch.from_numpy(np.ones([cfg["num_classes"]], np.float32)).to(device)
     total_loss, total_f_score, started, steps = 0.0, 0.0, 0.0, cfg["warmup"] + cfg["steps"]

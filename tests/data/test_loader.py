@@ -95,6 +95,10 @@ def test_to_device():
     images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(1, 3, 1, 2)
     labels = torch.tensor([[[1, 255]]], dtype=torch.uint8)
     x, y = to_device(images, labels, "cpu", channels_last=True)
+    grid = torch.arange(12, dtype=torch.uint8).view(1, 3, 2, 2)
+    nhwc, _ = to_device(grid, labels, "cpu", channels_last=True)
+    assert nhwc.stride() == (12, 1, 6, 3)  # channels innermost
+    torch.testing.assert_close(nhwc, grid.float() / 255)
     assert x.dtype == torch.float32 and x.max().item() == 1.0 and x.min().item() == 0.0
     assert y.dtype == torch.int64 and y.tolist() == [[[1, 255]]]
 

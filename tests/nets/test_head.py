@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.deeplabv3_plus import DeepLab, SeparableConvBNReLU, freeze_backbone, unfreeze_backbone
+from nets.deeplabv3_plus import DeepLab, Dropout, SeparableConvBNReLU, freeze_backbone, unfreeze_backbone
 from utils.errors import UserError
 from utils.inference.fuse import fuse_bn
 from utils.summary import count_flops, main, parse_args
@@ -82,7 +82,7 @@ def test_separable_head_structure(stride, rate):
         assert [type(m) for m in block.pointwise] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
 
     decoder = model.cat_conv
-    assert [type(m) for m in decoder] == [SeparableConvBNReLU, nn.Dropout, SeparableConvBNReLU, nn.Dropout]
+    assert [type(m) for m in decoder] == [SeparableConvBNReLU, Dropout, SeparableConvBNReLU, Dropout]
     assert (decoder[1].p, decoder[3].p) == (0.5, 0.1)
     assert decoder[0].depthwise[0].groups == 256 + 48 and decoder[0].depthwise[0].dilation == (1, 1)
     assert decoder[0].pointwise[0].out_channels == 256 and decoder[2].depthwise[0].groups == 256

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nets.deeplabv3_plus import DeepLab, freeze_backbone, unfreeze_backbone
+from nets.deeplabv3_plus import DeepLab, Dropout, freeze_backbone, unfreeze_backbone
 from tests.original_reference import OriginalDeepLab
 
 REFERENCE_KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "reference_state_dict_keys.json").read_text())
@@ -155,3 +155,27 @@ def test_eval_then_train_keeps_frozen_backbone_in_eval():
     model.train()
     assert not model.backbone.training
     assert model.aspp.training
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_a_fraction_p_and_scales_the_rest(p):
+    x = (torch.rand(4, 64, 32, 32) + 0.5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(0)
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    # 262144 Bernoulli draws: the dropped fraction is within 5 standard deviations of p.
+    assert abs((1 - kept.float().mean().item()) - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    # The mask comes from torch's global generator: same seed, same mask.
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p).train()(x.detach()) != 0, kept)
+
+
+def test_dropout_is_the_identity_in_eval_and_keeps_the_modules_type():
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    assert all(isinstance(m, torch.nn.Dropout) for m in DeepLab(3).cat_conv if "Dropout" in type(m).__name__)

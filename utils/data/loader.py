@@ -170,8 +170,11 @@ def to_device(
     device: torch.device | str,
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a uint8 batch to ``device``, then make float images in [0, 1] and int64 labels there."""
-    images = images.to(device, non_blocking=True).float().div_(255.0)
+    """Move a uint8 batch to ``device``, then make float images in [0, 1] and int64 labels there
+    (channels-last images with ``channels_last``: the layout is set on the uint8 batch, so the
+    float conversion writes NHWC directly instead of converting and then copying)."""
+    images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    images = images.float().div_(255.0)
     return images, labels.to(device, non_blocking=True).long()
