@@ -37,6 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, nargs=2, default=(144, 192), metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--amp", action="store_true", help="train every run with train.py --amp (bf16 on the CPU)")
     return parser.parse_args(argv)
 
 
@@ -62,7 +63,7 @@ def train(args: argparse.Namespace, name: str, flags: list[str]) -> tuple[Path, 
     common = ["--data-root", args.data_root, "--input-size", *map(str, args.input_size),
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--optimizer", "adam",
               "--lr", "1e-3", "--workers", str(args.workers), "--eval-period", str(args.epochs),
-              "--save-period", "1000", "--seed", "11", "--save-dir", str(save_dir)]
+              "--save-period", "1000", "--seed", "11", "--save-dir", str(save_dir), *(["--amp"] if args.amp else [])]
     return save_dir, run([sys.executable, "train.py", *common, *flags])
 
 
@@ -95,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     tables = {"heads": heads, "road": road}
     out = [f"machine: {machine_description()}",
            f"schedule: {args.epochs} epochs from scratch, input {args.input_size[0]}x{args.input_size[1]}, "
-           f"batch {args.batch_size}, Adam lr 1e-3 (scaled to batch), CamVid train 367 / val 101"]
+           f"batch {args.batch_size}, Adam lr 1e-3 (scaled to batch), {'bf16 --amp' if args.amp else 'fp32'}, "
+           "CamVid train 367 / val 101"]
     for name in args.experiments:
         out += ["", *tables[name](args)]
     print("\n".join(out))

@@ -15,6 +15,7 @@ import torch
 
 from train import main, parse_args
 from utils.errors import UserError
+from utils.training import builder
 from utils.training.builder import check_batch
 from utils.training.distributed import DistContext
 from utils.training.epoch import NonFiniteGuard, NonFiniteLossError, scaler_found_inf
@@ -142,8 +143,6 @@ def test_scaler_flag_is_read_on_the_device_and_skips_the_update():
 
 def poison_criterion(monkeypatch, bad: Callable[[int], bool]) -> None:
     """Make the training loss NaN on the criterion calls (1-based) for which ``bad(call)`` holds."""
-    from utils.training import builder
-
     real = builder.build_criterion
 
     def poisoned(*args, **kwargs):
@@ -160,10 +159,13 @@ def poison_criterion(monkeypatch, bad: Callable[[int], bool]) -> None:
     monkeypatch.setattr(builder, "build_criterion", poisoned)
 
 
-def test_amp_skips_a_few_non_finite_steps_and_trains_on(train_data_root, tmp_path, monkeypatch):
+def test_amp_skips_a_few_non_finite_steps_and_trains_on(train_data_root, tmp_path, monkeypatch, capsys):
     poison_criterion(monkeypatch, lambda call: call in (2, 3))
+    # On a CPU without native bf16 the run says that --amp is slower there (and still trains).
+    monkeypatch.setattr(builder, "cpu_has_native_bf16", lambda: False)
     argv = flags(train_data_root, tmp_path / "run", "--amp", "--epochs", "1", "--eval-period", "9")
     assert main(parse_args(argv)) == 0
+    assert "--amp: this CPU has no native bf16" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=True)
     assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point())
     assert ckpt["scheduler"]["last_epoch"] == 4  # skipped steps still advance the schedule

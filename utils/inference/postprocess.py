@@ -21,7 +21,6 @@ shared cells): it interpolates and sums them a band of output rows at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -93,12 +92,20 @@ def _disagreeing_cells(labels: np.ndarray) -> np.ndarray:
 
 
 def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, h, w) probabilities as a contiguous float32 (h, w, C) host array."""
+    """(C, h, w) probabilities as a float32 (h, w, C) host array, a view where the memory allows
+    (channels-last network outputs are (h, w, C) in memory already, also when cropped)."""
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().permute(1, 2, 0).to("cpu", torch.float32).numpy()
     else:
         probs = probs.transpose(1, 2, 0)
-    return np.ascontiguousarray(probs, dtype=np.float32)
+    return probs.astype(np.float32, copy=False)
+
+
+def _runs(first: np.ndarray, source: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each source sample, the first output index whose first tap it is, and how many there are
+    (0 when downsampling skips it); the taps never decrease, so each such range is contiguous."""
+    starts = np.searchsorted(first, np.arange(source), side="left")
+    return starts, np.searchsorted(first, np.arange(source), side="right") - starts
 
 
 def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
@@ -119,80 +126,95 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     if (h, w) == (height, width):
         return labels
     rows, cols = bilinear_taps(h, height), bilinear_taps(w, width)
+    out = _expand(labels, rows, cols)
     disagree = _disagreeing_cells(labels)
-    # A marker value for "neighbours disagree"; a 256-class model uses every uint8 value, so int16.
-    marker = -1 if channels == 256 else 255
-    marked = labels.astype(np.int16) if channels == 256 else labels.copy()
-    marked[disagree] = marker
-    out = _expand(marked, rows, cols)
-    # Bands of source rows: each band's cells and the output rows that read them.
-    band = max(1, chunk // (4 * w * channels))
-    bounds = np.searchsorted(rows.first, np.arange(0, h + band, band))
-    for index, (top, bottom) in enumerate(pairwise(bounds)):
-        todo = np.flatnonzero(out[top:bottom] == marker)
-        if todo.size:
-            refine = _Cells(hwc, disagree, index * band, min((index + 1) * band, h), threshold)
-            ys, xs = np.divmod(todo, width)
-            out[top:bottom].reshape(-1)[todo] = refine.labels(ys + top, xs, rows, cols, chunk)
-    return out.astype(np.uint8, copy=False)
+    cell_rows, cell_cols = np.nonzero(disagree)
+    # Each cell covers a rectangle of output pixels (the pixels whose top-left tap it is): the
+    # exact bilinear argmax is recomputed there, a bounded number of cells at a time.
+    row_start, row_count = _runs(rows.first, h)
+    col_start, col_count = _runs(cols.first, w)
+    covered = (row_count[cell_rows] > 0) & (col_count[cell_cols] > 0)
+    cell_rows, cell_cols = cell_rows[covered], cell_cols[covered]
+    tall, wide = int(row_count.max()), int(col_count.max())
+    step = max(1, chunk // ((4 + tall * wide) * channels))
+    for begin in range(0, cell_rows.size, step):
+        i, j = cell_rows[begin:begin + step], cell_cols[begin:begin + step]
+        cells = _Cells(hwc, labels, i, j, threshold)
+        dy, dx = np.arange(tall), np.arange(wide)
+        ys = row_start[i][:, None] + dy  # (n, tall) output rows of each cell, padded
+        xs = col_start[j][:, None] + dx
+        inside = (dy < row_count[i][:, None])[:, :, None] & (dx < col_count[j][:, None])[:, None, :]
+        fy = rows.frac[np.minimum(ys, height - 1)]
+        fx = cols.frac[np.minimum(xs, width - 1)]
+        winners = cells.labels(fy, fx)
+        n = i.size
+        out[np.broadcast_to(ys[:, :, None], (n, tall, wide))[inside],
+            np.broadcast_to(xs[:, None, :], (n, tall, wide))[inside]] = winners[inside]
+    return out
 
 
 class _Cells:
-    """The disagreeing cells of source rows ``first..last - 1``: their 4 corner probabilities, kept
-    only for the classes that can win somewhere in the cell.
+    """Disagreeing cells (top-left samples ``(i, j)``): their 4 corner probabilities, kept only for
+    the classes that can win somewhere in the cell, in groups of cells with the same number of
+    candidates (``groups``: positions, candidate classes (m, k), corner values (m, 4, k)).
 
     A class j whose largest corner probability is below some class k's smallest one can win at
     no point of the cell (``p_j(x) <= max p_j < min p_k <= p_k(x)``), so it is dropped. At a
     class border that leaves 2-3 classes of 21, which is what makes the exact refinement cheap.
+    Every corner's own argmax class can win (at that corner), so a cell with two candidates has
+    exactly the two labels its corners show: that common case needs no sorting.
     """
 
-    def __init__(self, hwc: np.ndarray, disagree: np.ndarray, first: int, last: int, threshold: float) -> None:
+    def __init__(self, hwc: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 threshold: float) -> None:
         h, w, channels = hwc.shape
-        self.width, self.first, self.threshold = w, first, threshold
-        cells = np.flatnonzero(disagree[first:last]) + first * w
-        self.slot = np.full((last - first) * w, -1, dtype=np.int64)
-        self.slot[cells - first * w] = np.arange(cells.size)
-        i, j = np.divmod(cells, w)
-        below, right = np.minimum(i + 1, h - 1) * w, np.minimum(j + 1, w - 1)
-        flat = hwc.reshape(h * w, channels)
-        corners = np.stack([flat[i * w + j], flat[i * w + right], flat[below + j], flat[below + right]], axis=1)
+        self.threshold, self.binary = threshold, channels == 1
+        below, right = np.minimum(i + 1, h - 1), np.minimum(j + 1, w - 1)
+        corners = np.stack([hwc[i, j], hwc[i, right], hwc[below, j], hwc[below, right]], axis=1)  # (n, 4, C)
         if channels == 1:
-            self.values, self.classes = corners, np.zeros((cells.size, 1), dtype=np.uint8)
-            self.width_of = np.ones(cells.size, dtype=np.int64)
+            self.groups = [(np.arange(i.size), np.zeros((i.size, 1), dtype=np.uint8), corners)]
             return
         possible = corners.max(1) >= corners.min(1).max(-1, keepdims=True)
         count = possible.sum(-1)
-        # Classes that can win first (in class order, so ties still go to the lowest class).
-        self.classes = np.argsort(~possible, axis=-1, kind="stable").astype(np.uint8)
-        self.values = np.take_along_axis(corners, self.classes[:, None, :].astype(np.int64), axis=2)
-        # Padding entries are classes that cannot win: a probability of -1 keeps them out of the argmax.
-        self.values[~np.take_along_axis(possible, self.classes.astype(np.int64), axis=-1)[:, None, :]
-                    .repeat(4, axis=1)] = -1
-        # Cells are grouped by candidate count rounded up to a power of two, to work on few columns.
-        self.width_of = np.minimum(channels, 1 << np.ceil(np.log2(np.maximum(count, 1))).astype(np.int64))
+        two = np.flatnonzero(count == 2)
+        shown = np.stack([labels[i[two], j[two]], labels[i[two], right[two]], labels[below[two], j[two]],
+                          labels[below[two], right[two]]], axis=1)
+        pair = np.stack([shown.min(1), shown.max(1)], axis=1)  # lowest class first: ties go to it
+        self.groups = [(two, pair, np.take_along_axis(corners[two], pair[:, None, :].astype(np.int64), axis=2))]
+        rest = np.flatnonzero(count != 2)
+        if rest.size:
+            possible, corners = possible[rest], corners[rest]
+            # Classes that can win first (in class order, so ties still go to the lowest class).
+            classes = np.argsort(~possible, axis=-1, kind="stable").astype(np.uint8)
+            values = np.take_along_axis(corners, classes[:, None, :].astype(np.int64), axis=2)
+            # Padding entries are classes that cannot win: a probability of -1 keeps them out of the argmax.
+            values[~np.take_along_axis(possible, classes.astype(np.int64), axis=-1)[:, None, :].repeat(4, axis=1)] = -1
+            # Grouped by candidate count rounded up to a power of two, to work on few columns.
+            width = np.minimum(channels, 1 << np.ceil(np.log2(np.maximum(count[rest], 1))).astype(np.int64))
+            for k in np.unique(width):
+                chosen = np.flatnonzero(width == k)
+                self.groups.append((rest[chosen], classes[chosen, :k], values[chosen, :, :k]))
 
-    def labels(self, ys: np.ndarray, xs: np.ndarray, rows: Taps, cols: Taps, chunk: int) -> np.ndarray:
-        """Labels of output pixels (ys, xs), all of which lie in this band's disagreeing cells."""
-        slots = self.slot[(rows.first[ys] - self.first) * self.width + cols.first[xs]]
-        fy, fx = rows.frac[ys], cols.frac[xs]
-        result = np.empty(ys.size, dtype=np.uint8)
-        widths = self.width_of[slots]
-        for k in np.unique(widths):
-            chosen = np.flatnonzero(widths == k)
-            step = max(1, chunk // (4 * int(k)))
-            for start in range(0, chosen.size, step):
-                part = chosen[start:start + step]
-                result[part] = self._argmax(slots[part], fy[part, None], fx[part, None], int(k))
+    def labels(self, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+        """Labels (n, tall, wide) of each cell's output pixels, from their row weights ``fy`` (n, tall)
+        and column weights ``fx`` (n, wide)."""
+        result = np.empty((fy.shape[0], fy.shape[1], fx.shape[1]), dtype=np.uint8)
+        for where, classes, values in self.groups:
+            if where.size:
+                result[where] = self._argmax(classes, values, fy[where, :, None, None], fx[where, None, :, None])
         return result
 
-    def _argmax(self, slots: np.ndarray, fy: np.ndarray, fx: np.ndarray, k: int) -> np.ndarray:
+    def _argmax(self, classes: np.ndarray, values: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
         """Bilinear value per pixel in PyTorch's order of operations, then the winning class."""
-        v = self.values[slots, :, :k]
+        v = values[:, :, None, None, :]  # (n, 4, 1, 1, k)
         gy, gx = 1 - fy, 1 - fx
-        value = gy * (gx * v[:, 0] + fx * v[:, 1]) + fy * (gx * v[:, 2] + fx * v[:, 3])
-        if self.values.shape[2] == 1:
-            return (value[:, 0] >= self.threshold).astype(np.uint8)
-        return np.take_along_axis(self.classes[slots, :k], value.argmax(-1)[:, None], axis=1)[:, 0]
+        value = gy * (gx * v[:, 0] + fx * v[:, 1]) + fy * (gx * v[:, 2] + fx * v[:, 3])  # (n, tall, wide, k)
+        if self.binary:
+            return (value[..., 0] >= self.threshold).astype(np.uint8)
+        if value.shape[-1] == 2:
+            return np.where(value[..., 1] > value[..., 0], classes[:, None, None, 1], classes[:, None, None, 0])
+        winner = value.argmax(-1)
+        return np.take_along_axis(classes[:, None, None, :], winner[..., None], axis=-1)[..., 0]
 
 
 def average_upsampled_labels(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int],

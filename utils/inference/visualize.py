@@ -86,8 +86,9 @@ def mix(image: np.ndarray, mask: np.ndarray, mode: str = "blend", alpha: float =
         palette: np.ndarray | None = None) -> np.ndarray:
     """Picture of ``mask`` over ``image`` (both at the same size), per the module's mix modes.
 
-    ``blend`` is ``uint8(float32(image) * (1 - alpha) + float32(colour) * alpha + 0.5)``, worked
-    out band by band so that its float32 temporaries stay small.
+    ``blend`` is ``image * (1 - alpha) + colour * alpha`` rounded to the nearest level (OpenCV's
+    float32 arithmetic: within half a level and a rounding error of the exact value), worked out
+    band by band so that its temporaries stay small.
     """
     if mode not in MIX_MODES:
         raise ValueError(f"mix mode must be one of {', '.join(MIX_MODES)}; got {mode!r}")
@@ -101,17 +102,15 @@ def mix(image: np.ndarray, mask: np.ndarray, mode: str = "blend", alpha: float =
         return colorize(mask, palette)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1; got {alpha}")
-    # Per-value tables hold exactly the float32 products of the formula; cv2.LUT applies them
-    # many times faster than numpy's fancy indexing, and cv2.add is a plain float32 addition.
-    colour = (_colour_table(palette).astype(np.float32) * np.float32(alpha)).reshape(1, 256, 3)
-    kept = np.arange(256, dtype=np.float32) * np.float32(1.0 - alpha)
+    # Colours by a table lookup and the weighted sum by cv2.addWeighted, both on uint8 bands:
+    # no float copy of the picture (about 3x faster than float32 arrays at 1080p).
+    table = _colour_table(palette).reshape(1, 256, 3)
     out = np.empty(image.shape, dtype=np.uint8)
 
     def blend(rows: slice) -> None:
         labels = mask[rows]
-        band = cv2.add(cv2.LUT(image[rows], kept), cv2.LUT(cv2.merge((labels, labels, labels)), colour))
-        band += np.float32(0.5)
-        np.copyto(out[rows], band, casting="unsafe")  # truncation, as astype(np.uint8)
+        colour = cv2.LUT(cv2.merge((labels, labels, labels)), table)
+        cv2.addWeighted(image[rows], 1.0 - alpha, colour, alpha, 0.0, dst=out[rows])
 
     _in_row_bands(image.shape[0], image.shape[1], blend)
     return out

@@ -26,6 +26,7 @@ from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.label_map import check_unmapped_binary, parse_label_map
 from utils.data.loader import SeededLoader, build_loader
+from utils.device import cpu_has_native_bf16
 from utils.errors import UserError
 from utils.training.distributed import DistContext, barrier, convert_sync_bn
 from utils.training.optim import build_optimizer, parse_class_weights
@@ -140,6 +141,9 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     seed_everything(args.seed)
     if args.sync_bn and ctx.enabled and not cuda:
         raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); drop it on the CPU")
+    if args.amp and not cuda and ctx.is_main and not cpu_has_native_bf16():
+        print("--amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and "
+              "slower than fp32 here; drop --amp on this machine")
     size = tuple(args.input_size)
     label_map = parse_label_map(args.label_map)
     crop = CropParams(size, tuple(args.scale_range)) if args.crop_size else None
