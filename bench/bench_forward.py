@@ -2,8 +2,10 @@
 
 Prints milliseconds, parameters, FLOPs and achieved GFLOP/s next to the float32 matmul
 ceiling measured in the same run, and each head's FLOPs and time relative to the standard
-head of the same configuration. The heads of one configuration are timed round-robin, so
-load from other processes hits them alike.
+head of the same configuration: for the plain model (NCHW, BatchNorm as layers) and for the
+fp32 forward that predict.py and get_miou.py run (``TorchBackend``: BatchNorm folded into the
+convolutions, channels-last). All models of one configuration are timed round-robin, so load
+from other processes hits them alike.
 ``python -m bench.bench_forward [--size 512] [--device cpu] [--heads standard separable] [--threads 2]``
 """
 
@@ -16,6 +18,7 @@ import torch
 
 from bench.common import interleaved, machine_description, matmul_gflops, synchronize
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
+from utils.inference.backends import TorchBackend
 from utils.summary import count_flops, count_parameters
 
 
@@ -48,23 +51,26 @@ def main(args: argparse.Namespace) -> int:
     print(f"input 1x3x{args.size}x{args.size}, eval mode + torch.inference_mode, float32, "
           f"median of {args.repeats} round-robin runs after 2 warm-up runs\n")
     print("| backbone | OS | head | params (M) | GFLOPs | ms | GFLOP/s | % of matmul ceiling "
-          "| FLOPs vs standard | time vs standard |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| FLOPs vs standard | time vs standard | predictor fp32 ms | predictor time vs standard |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     x = torch.rand(1, 3, args.size, args.size, device=device)
     for backbone in args.backbones:
         for stride in sorted(DOWNSAMPLE_FACTORS, reverse=True):
             models = {head: DeepLab(21, backbone, downsample_factor=stride, head=head).to(device).eval()
                       for head in args.heads}
             flops = {head: count_flops(model, (args.size, args.size)) for head, model in models.items()}
-            times = interleaved({head: forward_call(model, x, device) for head, model in models.items()},
-                                rounds=args.repeats, warmup=2)
+            calls = {head: forward_call(model, x, device) for head, model in models.items()}
+            calls.update({f"{head} predictor": forward_call(TorchBackend(model, device, precision="fp32"), x, device)
+                          for head, model in models.items()})
+            times = interleaved(calls, rounds=args.repeats, warmup=2)
             for head, model in models.items():
-                seconds = times[head][1]
+                seconds, fused = times[head][1], times[f"{head} predictor"][1]
                 achieved = flops[head] / seconds / 1e9
                 if "standard" in models:
-                    ratios = f"{flops[head] / flops['standard']:.2f}x | {seconds / times['standard'][1]:.2f}x"
+                    ratios = (f"{flops[head] / flops['standard']:.2f}x | {seconds / times['standard'][1]:.2f}x | "
+                              f"{fused * 1e3:.0f} | {fused / times['standard predictor'][1]:.2f}x")
                 else:
-                    ratios = "- | -"
+                    ratios = f"- | - | {fused * 1e3:.0f} | -"
                 print(f"| {backbone} | {stride} | {head} | {count_parameters(model) / 1e6:.2f} | "
                       f"{flops[head] / 1e9:.1f} | {seconds * 1e3:.0f} | {achieved:.0f} | "
                       f"{100 * achieved / ceiling:.0f}% | {ratios} |", flush=True)

@@ -28,8 +28,10 @@ def test_forward_bench_prints_a_row_per_output_stride_and_head(capsys):
             if line.startswith("| mobilenet |")]
     assert [(row[1], row[2]) for row in rows] == [("16", "standard"), ("16", "separable"),
                                                   ("8", "standard"), ("8", "separable")]
-    assert rows[0][-2:] == ["1.00x", "1.00x"]
-    assert float(rows[1][-2].removesuffix("x")) < 0.5  # separable head: far fewer FLOPs
+    # Columns: ... FLOPs vs standard, time vs standard, predictor fp32 ms, predictor time vs standard.
+    assert [rows[0][i] for i in (-4, -3, -1)] == ["1.00x", "1.00x", "1.00x"]
+    assert float(rows[1][-4].removesuffix("x")) < 0.5  # separable head: far fewer FLOPs
+    assert float(rows[1][-2]) > 0 and rows[1][-1].endswith("x")
 
 
 def test_gpu_check_prepares_its_dataset_and_commands_without_a_gpu(tmp_path, capsys):

@@ -15,6 +15,7 @@ from nets.deeplabv3_plus import DeepLab
 from utils.data.io import voc_palette
 from utils.data.transforms import letterbox
 from utils.errors import UserError
+from utils.inference import visualize
 from utils.inference.fuse import fuse_bn
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import class_counts, colorize, make_palette, mix, save_index_png, write_counts_csv
@@ -161,9 +162,10 @@ def test_mix_modes_differ_as_specified():
 
 
 @pytest.mark.parametrize("alpha", [0.7, 0.5, 1 / 3, 0.0, 1.0])
-def test_blend_is_the_rounded_weighted_sum(alpha):
-    """image * (1 - a) + colour * a to the nearest level, also on an image large enough to be split
-    over threads; a = 0 and a = 1 give the image and the colour mask exactly."""
+def test_blend_is_the_rounded_weighted_sum(alpha, monkeypatch):
+    """image * (1 - a) + colour * a to the nearest level, also when the image is worked out in several
+    bands of rows (the last one shorter); a = 0 and a = 1 give the image and the colour mask exactly."""
+    monkeypatch.setattr(visualize, "BAND_PIXELS", 517 * 40)
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (301, 517, 3), dtype=np.uint8)
     mask = rng.integers(0, 25, (301, 517), dtype=np.uint8)

