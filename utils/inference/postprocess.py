@@ -20,13 +20,16 @@ shared cells): it interpolates and sums them a band of output rows at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 CHUNK_VALUES = 1 << 22  # floats per work array (16 MB): bounds memory on any image size
+_MIN_SHARE = 1 << 10  # cells (or rows) below which a piece of work is not worth a thread
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -101,6 +104,20 @@ def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
     return probs.astype(np.float32, copy=False)
 
 
+def _on_all_cores(work: Callable[[slice], None], total: int, most: int) -> None:
+    """``work(piece)`` over slices covering ``range(total)``, each at most ``most`` long, spread over
+    the cores when there is enough to share (numpy's loops and gathers release the GIL)."""
+    workers = os.cpu_count() or 1
+    step = max(1, min(most, max(_MIN_SHARE, -(-total // workers))))
+    pieces: Iterable[slice] = [slice(begin, min(begin + step, total)) for begin in range(0, total, step)]
+    if workers < 2 or len(pieces) < 2:
+        for piece in pieces:
+            work(piece)
+        return
+    with ThreadPoolExecutor(min(workers, len(pieces))) as pool:
+        list(pool.map(work, pieces))
+
+
 def _runs(first: np.ndarray, source: int) -> tuple[np.ndarray, np.ndarray]:
     """For each source sample, the first output index whose first tap it is, and how many there are
     (0 when downsampling skips it); the taps never decrease, so each such range is contiguous."""
@@ -115,14 +132,20 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     Equal to ``F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]`` followed
     by argmax over C (or ``>= threshold`` when C is 1), except where classes tie; see the module
     docstring. Works for up- and downsampling (bilinear without antialias). ``probs`` may be on
-    any device; the work is done on the host with at most about ``chunk`` floats per work array.
+    any device; the work is done on the host, on all cores, with at most about ``chunk`` floats per
+    work array in each thread.
     """
     hwc = _as_hwc(probs)
     h, w, channels = hwc.shape
     height, width = int(size[0]), int(size[1])
     if channels > 256:
         raise ValueError(f"uint8 class maps hold at most 256 classes; got {channels} channels")
-    labels = _labels(hwc, threshold)
+    labels = np.empty((h, w), dtype=np.uint8)
+
+    def label_rows(rows: slice) -> None:
+        labels[rows] = _labels(hwc[rows], threshold)
+
+    _on_all_cores(label_rows, h, h)
     if (h, w) == (height, width):
         return labels
     rows, cols = bilinear_taps(h, height), bilinear_taps(w, width)
@@ -136,11 +159,11 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     covered = (row_count[cell_rows] > 0) & (col_count[cell_cols] > 0)
     cell_rows, cell_cols = cell_rows[covered], cell_cols[covered]
     tall, wide = int(row_count.max()), int(col_count.max())
-    step = max(1, chunk // ((4 + tall * wide) * channels))
-    for begin in range(0, cell_rows.size, step):
-        i, j = cell_rows[begin:begin + step], cell_cols[begin:begin + step]
+    dy, dx = np.arange(tall), np.arange(wide)
+
+    def refine(piece: slice) -> None:
+        i, j = cell_rows[piece], cell_cols[piece]
         cells = _Cells(hwc, labels, i, j, threshold)
-        dy, dx = np.arange(tall), np.arange(wide)
         ys = row_start[i][:, None] + dy  # (n, tall) output rows of each cell, padded
         xs = col_start[j][:, None] + dx
         inside = (dy < row_count[i][:, None])[:, :, None] & (dx < col_count[j][:, None])[:, None, :]
@@ -148,8 +171,11 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
         fx = cols.frac[np.minimum(xs, width - 1)]
         winners = cells.labels(fy, fx)
         n = i.size
+        # Cells cover disjoint rectangles, so pieces running at once never write the same pixel.
         out[np.broadcast_to(ys[:, :, None], (n, tall, wide))[inside],
             np.broadcast_to(xs[:, None, :], (n, tall, wide))[inside]] = winners[inside]
+
+    _on_all_cores(refine, cell_rows.size, max(1, chunk // ((4 + tall * wide) * channels)))
     return out
 
 
