@@ -237,3 +237,33 @@ def test_counts_per_image_csv_quotes_names(predict_checkpoints, tmp_path):
     assert rows[0] == ["image", "background", "cat", "dog"]
     assert [Path(row[0]).name for row in rows[1:]] == ["a,b.png", 'say "hi".png']
     assert all(sum(int(v) for v in row[1:]) == 64 * 64 for row in rows[1:])
+
+
+def test_folder_in_batches_gives_the_single_image_results(predict_checkpoints, tmp_path, capsys):
+    """Batches of 2 with an unreadable file in the middle: every output is the single-image result,
+    the failure is reported, and writing onto the inputs is refused with one error."""
+    sources = {}
+    for index in range(5):
+        name = f"p{index}.png"
+        if index == 2:
+            (tmp_path / "in" / name).write_bytes(b"not a png")
+        else:
+            sources[name] = write_photo(tmp_path / "in" / name, 40 + 8 * index, 64, seed=index)
+    weights = str(predict_checkpoints["ckpt"])
+    assert run(["--weights", weights, str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--batch-size", "2",
+                "--save-mask"]) == 1
+    assert "p2.png" in capsys.readouterr().err
+    for name in sources:
+        assert run(["--weights", weights, str(tmp_path / "in" / name), "--out", str(tmp_path / "one"),
+                    "--save-mask"]) == 0
+        stem = name.removesuffix(".png")
+        single = cv2.imread(str(tmp_path / "one" / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o" / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED),
+                                      single)
+    assert not (tmp_path / "o" / "p2.png").exists()
+    # --out onto the inputs themselves: refused, inputs unchanged.
+    before = (tmp_path / "in" / "p0.png").read_bytes()
+    with pytest.raises(UserError, match="refusing to overwrite the input"):
+        run(["--weights", weights, str(tmp_path / "in" / "p0.png"), str(tmp_path / "in" / "p1.png"),
+             "--out", str(tmp_path / "in"), "--batch-size", "1"])
+    assert (tmp_path / "in" / "p0.png").read_bytes() == before
