@@ -3,8 +3,10 @@
 Both are computed over the whole batch (the paper code's ``per_image=False``). Ignored pixels are
 sorted after every valid one and their errors are multiplied by 0, so they neither contribute nor
 shift the Jaccard gradient of the valid pixels. Class weights do not apply: the loss is already a
-per-class IoU surrogate averaged over the classes present. All classes are sorted in one call,
-which holds C x N·H·W errors and their int64 order at once (the price of no per-class Python loop).
+per-class IoU surrogate averaged over the classes present. Classes are sorted a group at a time,
+so the sort's work arrays (errors, their int64 order, the sorted copies) hold at most about
+``SORT_ELEMENTS`` values whatever the batch and class count; the groups are a short Python loop
+over slices of classes and never read values on the host.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nets.losses._common import is_binary, one_hot, prepare, safe_div
+from nets.losses._common import is_binary, prepare, safe_div
+
+SORT_ELEMENTS = 1 << 23  # errors sorted in one call (with their int64 order: about 100 MB of work arrays)
 
 
 def _lovasz_jaccard_grad(truth_sorted: torch.Tensor) -> torch.Tensor:
@@ -43,7 +47,13 @@ def lovasz_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 
         return _lovasz_rows(errors, truth, valid)[0]
     num_classes = logits.shape[1]
     probs = logits.softmax(dim=1).transpose(0, 1).reshape(num_classes, -1)
-    truth = one_hot(target, num_classes, logits.dtype).transpose(0, 1).reshape(num_classes, -1) * valid
-    per_class = _lovasz_rows((truth - probs).abs(), truth, valid)
-    present = (truth.sum(dim=1) > 0).to(per_class.dtype)
+    labels = target.reshape(1, -1)
+    group = max(1, SORT_ELEMENTS // max(probs.shape[1], 1))
+    per_class, present = [], []
+    for first in range(0, num_classes, group):
+        classes = torch.arange(first, min(first + group, num_classes), device=labels.device).unsqueeze(1)
+        truth = (labels == classes).to(probs.dtype) * valid
+        per_class.append(_lovasz_rows((truth - probs[first:first + group]).abs(), truth, valid))
+        present.append((truth.sum(dim=1) > 0).to(probs.dtype))
+    per_class, present = torch.cat(per_class), torch.cat(present)
     return safe_div((per_class * present).sum(), present.sum())

@@ -485,3 +485,21 @@ def test_criterion_rejects_wrong_mode_terms_and_shapes():
         bce_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="one per class"):
         dice_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), cls_weights=torch.ones(2))
+
+
+@pytest.mark.parametrize("elements", [1, 2 * 40, 3 * 40, 1 << 23])  # 40 pixels: 1, 2, 3 or all 4 classes
+def test_lovasz_softmax_in_class_groups_is_the_same_loss(monkeypatch, elements):
+    """Sorting a group of classes at a time (one class, two, all) changes neither value nor gradient."""
+    from nets.losses import lovasz
+
+    logits, target = _inputs("multiclass", seed=5)
+    expected = ref_lovasz(logits.detach(), target)
+    monkeypatch.setattr(lovasz, "SORT_ELEMENTS", elements)
+    x = logits.detach().clone().requires_grad_()
+    got = lovasz_loss(x, target)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+    got.backward()
+    monkeypatch.setattr(lovasz, "SORT_ELEMENTS", 1 << 23)
+    y = logits.detach().clone().requires_grad_()
+    lovasz_loss(y, target).backward()
+    torch.testing.assert_close(x.grad, y.grad)
