@@ -186,3 +186,15 @@ def test_in_training_evaluation_runs_in_the_training_precision():
     assert training_precision(parts(False, torch.bfloat16)) == "fp32"
     assert training_precision(parts(True, torch.bfloat16)) == "bf16"
     assert training_precision(parts(True, torch.float16)) == "fp16"
+
+
+@pytest.mark.parametrize(("capability", "expected"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
+def test_training_is_channels_last_on_cuda_and_avx512_cpus(monkeypatch, capability, expected):
+    from utils import device as device_module
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert device_module.channels_last_training(torch.device("cpu")) is expected
+    assert device_module.channels_last_training(torch.device("cuda")) is True
+    parts = builder.RunParts.__new__(builder.RunParts)
+    parts.ctx = DistContext(device=torch.device("cpu"))
+    assert parts.channels_last is expected

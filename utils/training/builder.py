@@ -26,7 +26,7 @@ from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.label_map import check_unmapped_binary, parse_label_map
 from utils.data.loader import SeededLoader, build_loader
-from utils.device import cpu_has_native_bf16
+from utils.device import channels_last_training, cpu_has_native_bf16
 from utils.errors import UserError
 from utils.training.distributed import DistContext, barrier, convert_sync_bn
 from utils.training.optim import build_optimizer, parse_class_weights
@@ -64,6 +64,11 @@ class RunParts:
     def cuda(self) -> bool:
         """Whether this process trains on a GPU (fp16 autocast, gradient scaling)."""
         return self.ctx.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches and the net are channels-last (:func:`utils.device.channels_last_training`)."""
+        return channels_last_training(self.ctx.device)
 
 
 def per_rank(batch: int, ctx: DistContext) -> int:
@@ -176,9 +181,9 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
         raise UserError(f"--loss {args.loss}: {exc}") from None
     if args.sync_bn:
         net = convert_sync_bn(net, ctx)
-    # Channels-last on every device: cuDNN and oneDNN both run convolutions natively in NHWC
-    # (a mobilenet training step on the CPU is about 1.15x faster than in NCHW; BENCHMARKS.md).
-    net.to(ctx.device, memory_format=torch.channels_last)
+    # NHWC where its convolutions are faster: CUDA and AVX-512 CPUs (utils.device.channels_last_training).
+    net.to(ctx.device, memory_format=torch.channels_last if channels_last_training(ctx.device)
+           else torch.preserve_format)
     if cuda:
         # Every training batch has the same size: let cuDNN pick its fastest algorithms once.
         torch.backends.cudnn.benchmark = True

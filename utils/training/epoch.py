@@ -156,7 +156,7 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
             batch, stand_in = _next_batch(batches, stop, fallback)
         if batch is None:
             return EpochResult(loss_sum / max(seen, 1), seen, index, lr, rng_before)
-        images, labels = to_device(*batch, parts.device, channels_last=True)
+        images, labels = to_device(*batch, parts.device, channels_last=parts.channels_last)
         lr = parts.optimizer.param_groups[0]["lr"]
         with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
             logits = model(images)

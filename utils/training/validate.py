@@ -45,7 +45,7 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
     loss_sum = torch.zeros(2, dtype=torch.float64, device=parts.device)
     set_loader_epoch(parts.val_loader, 0)
     for images, labels in progress(parts.val_loader, len(parts.val_loader), "  val loss", ctx.is_main):
-        images, labels = to_device(images, labels, parts.device, channels_last=True)
+        images, labels = to_device(images, labels, parts.device, channels_last=parts.channels_last)
         with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
             logits = net(images)
         loss_sum[0] += parts.criterion(logits.float(), labels).double() * images.shape[0]
