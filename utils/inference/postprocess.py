@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 CHUNK_VALUES = 1 << 22  # floats per work array (16 MB): bounds memory on any image size
-_MIN_SHARE = 1 << 10  # cells (or rows) below which a piece of work is not worth a thread
+_MIN_CELLS = 1 << 10  # disagreeing cells below which a share of the refinement is not worth a thread
+_MIN_VALUES = 1 << 16  # probabilities below which a share of the argmax is not worth a thread
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -104,11 +105,12 @@ def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
     return probs.astype(np.float32, copy=False)
 
 
-def _on_all_cores(work: Callable[[slice], None], total: int, most: int) -> None:
-    """``work(piece)`` over slices covering ``range(total)``, each at most ``most`` long, spread over
-    the cores when there is enough to share (numpy's loops and gathers release the GIL)."""
+def _on_all_cores(work: Callable[[slice], None], total: int, least: int, most: int) -> None:
+    """``work(piece)`` over slices covering ``range(total)``, each at least ``least`` (unless that is
+    all) and at most ``most`` long, spread over the cores when there is enough to share (numpy's
+    loops and gathers release the GIL)."""
     workers = os.cpu_count() or 1
-    step = max(1, min(most, max(_MIN_SHARE, -(-total // workers))))
+    step = max(1, min(most, max(least, -(-total // workers))))
     pieces: Iterable[slice] = [slice(begin, min(begin + step, total)) for begin in range(0, total, step)]
     if workers < 2 or len(pieces) < 2:
         for piece in pieces:
@@ -145,7 +147,7 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     def label_rows(rows: slice) -> None:
         labels[rows] = _labels(hwc[rows], threshold)
 
-    _on_all_cores(label_rows, h, h)
+    _on_all_cores(label_rows, h, max(1, _MIN_VALUES // max(w * channels, 1)), h)
     if (h, w) == (height, width):
         return labels
     rows, cols = bilinear_taps(h, height), bilinear_taps(w, width)
@@ -175,7 +177,7 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
         out[np.broadcast_to(ys[:, :, None], (n, tall, wide))[inside],
             np.broadcast_to(xs[:, None, :], (n, tall, wide))[inside]] = winners[inside]
 
-    _on_all_cores(refine, cell_rows.size, max(1, chunk // ((4 + tall * wide) * channels)))
+    _on_all_cores(refine, cell_rows.size, _MIN_CELLS, max(1, chunk // ((4 + tall * wide) * channels)))
     return out
 
 
