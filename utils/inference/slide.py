@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from utils.data.transforms import GREY, _shrink_or_cubic
 from utils.errors import UserError
-from utils.inference.postprocess import labels_and_prob
+from utils.inference.postprocess import bilinear_taps, labels_and_prob
 
 if TYPE_CHECKING:
     from utils.inference.predictor import Predictor
@@ -169,16 +169,6 @@ def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
     yield from finish(pad_h)
 
 
-def _source_rows(dst_rows: torch.Tensor, src_len: int, dst_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear (``align_corners=False``) source rows and weights of destination rows, as ``F.interpolate``."""
-    # float32 arithmetic, like the CPU kernel of F.interpolate, so both give the same weights.
-    scale = torch.tensor(src_len / dst_len, dtype=torch.float32)
-    pos = ((dst_rows.float() + 0.5) * scale - 0.5).clamp(min=0)
-    lower = pos.floor().long()
-    upper = (lower + 1).clamp(max=src_len - 1)
-    return lower, upper, pos - lower
-
-
 def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
                 size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
     """Bilinearly resize a stream of row bands (C, rows, w) of a ``src_height``-row map to ``size`` = (H, W).
@@ -187,25 +177,31 @@ def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
     have arrived; the result equals ``F.interpolate(whole, size, mode="bilinear")`` band by band.
     """
     height, width = size
+    taps = bilinear_taps(src_height, height)  # the coordinates of F.interpolate, computed once
     held: torch.Tensor | None = None  # source rows held_start .. held_start + len
     held_start = 0
     next_row = 0
     for start, band in bands:
+        if held is None:
+            lower_all, upper_all = (torch.from_numpy(t).to(band.device) for t in (taps.first, taps.second))
+            weight_all = torch.from_numpy(taps.frac).to(band.device)
         held = band if held is None else torch.cat((held, band), 1)
         available = start + band.shape[1]
-        last = available == src_height
-        rows = torch.arange(next_row, height, device=band.device)
-        lower, upper, weight = _source_rows(rows, src_height, height)
-        ready = int((upper < available).sum()) if not last else len(rows)
-        if ready:
-            lower, upper, weight = lower[:ready] - held_start, upper[:ready] - held_start, weight[:ready]
+        if available == src_height:
+            ready = height - next_row
+        else:  # the taps never decrease: ready are the rows whose second tap has arrived
+            ready = int(np.searchsorted(taps.second, available)) - next_row
+        if ready > 0:
+            rows = slice(next_row, next_row + ready)
+            lower, upper = lower_all[rows] - held_start, upper_all[rows] - held_start
+            weight = weight_all[rows]
             mixed = held[:, lower] * (1 - weight)[None, :, None] + held[:, upper] * weight[None, :, None]
             # Same row count in and out: the bilinear pass only interpolates along x.
             yield next_row, F.interpolate(mixed[None], size=(ready, width), mode="bilinear",
                                           align_corners=False)[0]
             next_row += ready
             if next_row < height:
-                keep_from = int(_source_rows(torch.tensor([next_row]), src_height, height)[0])
+                keep_from = int(taps.first[next_row])
                 held = held[:, keep_from - held_start:]
                 held_start = keep_from
 
