@@ -21,7 +21,7 @@ shared cells): it interpolates and sums them a band of output rows at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -77,11 +77,11 @@ def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return probs.argmax(-1).astype(np.uint8)
 
 
-def _expand(grid: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
-    """``grid[rows.first][:, cols.first]``: repeating source rows/columns by their use count is
-    several times faster than fancy indexing, and exact because the taps never decrease."""
-    grid = np.repeat(grid, np.bincount(rows.first, minlength=grid.shape[0]), axis=0)
-    return np.repeat(grid, np.bincount(cols.first, minlength=grid.shape[1]), axis=1)
+def _expand(grid: np.ndarray, row_count: np.ndarray, col_count: np.ndarray) -> np.ndarray:
+    """``grid[rows.first][:, cols.first]`` from the use counts of :func:`_runs`: repeating source
+    rows/columns is several times faster than fancy indexing, and exact because the taps never
+    decrease."""
+    return np.repeat(np.repeat(grid, row_count, axis=0), col_count, axis=1)
 
 
 def _disagreeing_cells(labels: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def _on_all_cores(work: Callable[[slice], None], total: int, least: int, most: i
     loops and gathers release the GIL)."""
     workers = os.cpu_count() or 1
     step = max(1, min(most, max(least, -(-total // workers))))
-    pieces: Iterable[slice] = [slice(begin, min(begin + step, total)) for begin in range(0, total, step)]
+    pieces = [slice(begin, min(begin + step, total)) for begin in range(0, total, step)]
     if workers < 2 or len(pieces) < 2:
         for piece in pieces:
             work(piece)
@@ -123,8 +123,8 @@ def _on_all_cores(work: Callable[[slice], None], total: int, least: int, most: i
 def _runs(first: np.ndarray, source: int) -> tuple[np.ndarray, np.ndarray]:
     """For each source sample, the first output index whose first tap it is, and how many there are
     (0 when downsampling skips it); the taps never decrease, so each such range is contiguous."""
-    starts = np.searchsorted(first, np.arange(source), side="left")
-    return starts, np.searchsorted(first, np.arange(source), side="right") - starts
+    counts = np.bincount(first, minlength=source)
+    return np.cumsum(counts) - counts, counts
 
 
 def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
@@ -151,13 +151,12 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     if (h, w) == (height, width):
         return labels
     rows, cols = bilinear_taps(h, height), bilinear_taps(w, width)
-    out = _expand(labels, rows, cols)
-    disagree = _disagreeing_cells(labels)
-    cell_rows, cell_cols = np.nonzero(disagree)
-    # Each cell covers a rectangle of output pixels (the pixels whose top-left tap it is): the
-    # exact bilinear argmax is recomputed there, a bounded number of cells at a time.
     row_start, row_count = _runs(rows.first, h)
     col_start, col_count = _runs(cols.first, w)
+    out = _expand(labels, row_count, col_count)
+    cell_rows, cell_cols = np.nonzero(_disagreeing_cells(labels))
+    # Each cell covers a rectangle of output pixels (the pixels whose top-left tap it is): the
+    # exact bilinear argmax is recomputed there, a bounded number of cells at a time.
     covered = (row_count[cell_rows] > 0) & (col_count[cell_cols] > 0)
     cell_rows, cell_cols = cell_rows[covered], cell_cols[covered]
     tall, wide = int(row_count.max()), int(col_count.max())
