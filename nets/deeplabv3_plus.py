@@ -194,22 +194,23 @@ class DeepLab(nn.Module):
         return self
 
 
-def freeze_backbone(model: nn.Module) -> None:
-    """Make the backbone untrainable and keep its BatchNorm running statistics fixed.
+def freeze_backbone(model: nn.Module, fix_bn: bool = True) -> None:
+    """Make the backbone untrainable; with ``fix_bn`` also keep its BatchNorm running statistics
+    fixed (eval mode), else they keep adapting in train mode, as in the original's frozen phase.
 
     Accepts a ``DeepLab`` or a wrapper holding one in ``.module`` (DDP).
     """
-    _set_backbone_frozen(model, True)
+    _set_backbone_frozen(model, True, fix_bn)
 
 
 def unfreeze_backbone(model: nn.Module) -> None:
     """Undo :func:`freeze_backbone`: the backbone trains and updates its statistics again."""
-    _set_backbone_frozen(model, False)
+    _set_backbone_frozen(model, False, False)
 
 
-def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+def _set_backbone_frozen(model: nn.Module, frozen: bool, fix_bn: bool) -> None:
     net = getattr(model, "module", model)
     for param in net.backbone.parameters():
         param.requires_grad_(not frozen)
-    net.backbone_frozen = frozen
+    net.backbone_frozen = frozen and fix_bn  # what train() reads: backbone BatchNorm held in eval
     net.train(net.training)

@@ -61,11 +61,6 @@ class RunParts:
         return self.ctx.device
 
     @property
-    def cuda(self) -> bool:
-        """Whether this process trains on a GPU (fp16 autocast, gradient scaling)."""
-        return self.ctx.device.type == "cuda"
-
-    @property
     def channels_last(self) -> bool:
         """Whether batches and the net are channels-last (:func:`utils.device.channels_last_training`)."""
         return channels_last_training(self.ctx.device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from utils.training.builder import RunParts
 from utils.training.distributed import all_reduce_sum
 from utils.training.logger import progress
 from utils.training.rng import restore_rng
+from utils.training.schedule import step_quietly
 from utils.training.stop import StopRequest
 
 
@@ -170,12 +170,17 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
             # Some rank had no real batch (Ctrl-C ended its loader): drop this step everywhere and stop.
             parts.optimizer.zero_grad(set_to_none=True)
             return EpochResult(loss_sum / max(seen, 1), seen, index, lr, rng_before)
-        if guard.check(value, epoch, index) and not found_inf:
+        finite = guard.check(value, epoch, index)
+        stepped = finite and not found_inf
+        if stepped:
             parts.optimizer.step()
-        if parts.scaler.is_enabled():
-            parts.scaler.update()
-        _scheduler_step(parts)
-        if math.isfinite(value):
+        parts.scaler.update()  # a no-op without AMP
+        if stepped:
+            parts.scheduler.step()
+        else:
+            # The schedule counts iterations; LambdaLR warns when stepped before the optimizer.
+            step_quietly(parts.scheduler)
+        if finite:
             seen += images.shape[0] * ctx.world_size
             loss_sum += value * images.shape[0] * ctx.world_size
         done = index + 1
@@ -186,10 +191,3 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
     bar.close()
     return EpochResult(loss_sum / max(seen, 1), seen, done, lr)
 
-
-def _scheduler_step(parts: RunParts) -> None:
-    """Advance the schedule by one iteration, also after a skipped step (the schedule counts iterations)."""
-    with warnings.catch_warnings():
-        # A skipped first step makes LambdaLR think the optimizer was forgotten; it was not.
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-        parts.scheduler.step()

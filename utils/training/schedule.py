@@ -131,8 +131,13 @@ def seek(scheduler: LambdaLR, steps_done: int) -> None:
     if scheduler.last_epoch == steps_done:
         return
     scheduler.last_epoch = steps_done - 1
+    step_quietly(scheduler)
+
+
+def step_quietly(scheduler: LambdaLR) -> None:
+    """``scheduler.step()`` without LambdaLR's warning about stepping before the optimizer: after a
+    seek or a skipped (non-finite) optimizer step that order is intended, not a mistake."""
     with warnings.catch_warnings():
-        # Stepping before any optimizer step is the point here, not a mistake.
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
         scheduler.step()
 

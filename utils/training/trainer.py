@@ -66,12 +66,10 @@ class Trainer:
         if frozen == self.frozen:
             return
         self.frozen = frozen
-        if frozen and not self.args.freeze_bn:
-            # The original's frozen phase: weights fixed, BatchNorm in train mode (statistics adapt).
-            unfreeze_backbone(self.parts.net)
-            self.parts.net.backbone.requires_grad_(False)
+        if frozen:
+            freeze_backbone(self.parts.net, fix_bn=self.args.freeze_bn)
         else:
-            (freeze_backbone if frozen else unfreeze_backbone)(self.parts.net)
+            unfreeze_backbone(self.parts.net)
         self.train_loader = self.parts.loaders[frozen]
         # DDP registers only the parameters that require gradients when it is built: build it again.
         self.model = wrap_model(self.parts.net, self.ctx)

@@ -14,9 +14,8 @@ import torch
 
 from utils.data.loader import set_loader_epoch, to_device
 from utils.evaluation.confusion import ConfusionMatrix
-from utils.evaluation.scores import compute_scores
 from utils.evaluation.split import iterate_predictions
-from utils.evaluation.threshold import SWEEP_THRESHOLDS, ThresholdSweep, binary_summary
+from utils.evaluation.threshold import SWEEP_THRESHOLDS, ThresholdSweep
 from utils.inference.predictor import Predictor
 from utils.training.builder import RunParts, per_rank
 from utils.training.distributed import all_reduce_sum
@@ -54,9 +53,9 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
 
     predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx),
                           precision=training_precision(parts))
-    matrix = ConfusionMatrix(args.num_classes, device=parts.device)
     binary = parts.config.get("task") == "binary"
     sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=parts.device) if binary else None
+    matrix = None if binary else ConfusionMatrix(args.num_classes, device=parts.device)
     indices = range(ctx.rank, len(parts.val_set), ctx.world_size)
     samples = []
     for _, image, label, pred, prob in iterate_predictions(predictor, parts.val_set.load_pair, indices,
@@ -72,9 +71,8 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
         sweep.all_reduce()
         threshold = sweep.best()
         parts.config["threshold"] = threshold
-        scores = compute_scores(sweep.matrices()[sweep.thresholds.index(threshold)])
-        summary = binary_summary(scores, threshold)
-        extra = {key: float("nan") if summary[key] is None else summary[key] for key in ("iou", "dice", "threshold")}
+        scores = sweep.scores()[sweep.thresholds.index(threshold)]
+        extra = {"iou": float(scores.iou[1]), "dice": float(scores.f1[1]), "threshold": threshold}
     else:
         matrix.all_reduce()
         scores = matrix.scores()
