@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,13 @@ class LabelMap:
     default: int | None = None
     source: str = ""
 
-    @property
+    @cached_property
     def lut(self) -> np.ndarray:
-        """uint8 table of 256 entries: ``lut[value]`` is the mapped value."""
+        """uint8 table of 256 entries (read-only, built once): ``lut[value]`` is the mapped value."""
         table = np.arange(256, dtype=np.uint8) if self.default is None else np.full(256, self.default, np.uint8)
         for src, dst in self.pairs:
             table[src] = dst
+        table.flags.writeable = False
         return table
 
     def apply(self, label: np.ndarray) -> np.ndarray:
