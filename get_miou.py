@@ -29,7 +29,7 @@ from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS
 from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
 from utils.data.io import default_class_names, read_class_names
 from utils.data.label_map import LabelMap, parse_label_map
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, parse_input_size, run_cli
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.report import format_summary, format_table, write_report
 from utils.evaluation.scores import compute_scores
@@ -108,10 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="remap label values as they are read, e.g. 255:1 (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.input_size is not None:
-        if len(args.input_size) > 2 or min(args.input_size) < 16:
-            raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 16")
-        args.input_size = [args.input_size[0], args.input_size[-1]]
+    args.input_size = parse_input_size(args.input_size)
     return args
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from utils.device import PRECISIONS, resolve_device
-from utils.errors import ArgumentParser, UserError, run_cli
+from utils.errors import ArgumentParser, UserError, parse_input_size, run_cli
 from utils.evaluation.threshold import threshold_arg
 from utils.inference.app import build_predictor, export, interactive, predict_jobs
 from utils.inference.benchmark import fps_benchmark
@@ -83,10 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="network input size (default: the checkpoint's, else 512 512)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.input_size is not None:
-        if len(args.input_size) > 2 or min(args.input_size) < 16:
-            parser.error("--input-size takes H [W], each at least 16")
-        args.input_size = [args.input_size[0], args.input_size[-1]]
+    args.input_size = parse_input_size(args.input_size)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.fps is not None and args.fps < 1:

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import get_miou
+import predict
+import train
+from utils import summary
 from utils.device import resolve_device
-from utils.errors import ArgumentParser, UserError
+from utils.errors import ArgumentParser, UserError, parse_input_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +50,24 @@ def test_bad_flags_give_one_error_line_and_exit_2(argv):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_parse_input_size_gives_h_w():
+    assert parse_input_size(None) is None
+    assert parse_input_size([64]) == [64, 64]
+    assert parse_input_size([48, 80]) == [48, 80]
+    assert parse_input_size([16]) == [16, 16]
+    assert parse_input_size([32, 40], minimum=32) == [32, 40]
+
+
+@pytest.mark.parametrize(("parse", "sizes", "extra", "minimum"), [
+    (predict.parse_args, ["8"], [], 16),
+    (get_miou.parse_args, ["64", "64", "64"], [], 16),
+    (summary.parse_args, ["64", "15"], [], 16),
+    (train.parse_args, ["31"], ["--save-dir", "unused"], 32),
+])
+def test_every_script_explains_a_bad_input_size_alike(parse, sizes, extra, minimum):
+    with pytest.raises(UserError) as info:
+        parse(["--input-size", *sizes, *extra])
+    assert str(info.value) == (f"--input-size {' '.join(sizes)}: give H or H W, each at least {minimum} "
+                               "(e.g. --input-size 512 or --input-size 512 1024)")

@@ -139,6 +139,34 @@ def test_fps_benchmark(predict_checkpoints, capsys):
     assert "ms per image" in out and "FPS" in out and "parameters: " in out and "FLOPs: " in out
 
 
+def test_fps_benchmark_counts_a_binary_model_with_one_output_channel(tmp_path, monkeypatch):
+    import torch
+
+    from nets.deeplabv3_plus import DeepLab
+    from utils import summary
+    from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DeepLab(1, "mobilenet").eval()
+    config = {"backbone": "mobilenet", "task": "binary", "num_classes": 2, "downsample_factor": 16,
+              "input_size": [32, 32]}
+    save_checkpoint({"model": model.state_dict(), "config": config, "format": CHECKPOINT_FORMAT},
+                    tmp_path / "binary.pth")
+    counted = []
+    real_count = summary.count_parameters
+
+    def spy(net):
+        counted.append(net)
+        return real_count(net)
+
+    # One output channel changes the count by 257 parameters, below the printed precision: check the model.
+    monkeypatch.setattr(summary, "count_parameters", spy)
+    assert run(["--weights", str(tmp_path / "binary.pth"), "--fps", "1", "--device", "cpu"]) == 0
+    (net,) = counted
+    assert net.cls_conv.out_channels == 1
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["{missing_img}"], "not found"),
     (["{bad_ext}"], "unknown image extension"),

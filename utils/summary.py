@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
-from utils.errors import ArgumentParser, run_cli
+from utils.errors import ArgumentParser, parse_input_size, run_cli
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -47,8 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--input-size", type=int, nargs="+", default=[512], metavar=("H", "W"))
     args = parser.parse_args(argv)
-    if len(args.input_size) > 2 or min(args.input_size) < 16:
-        parser.error("--input-size takes H [W], each at least 16")
+    args.input_size = parse_input_size(args.input_size)
     if args.num_classes < 2:
         parser.error(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
     return args
@@ -56,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor, head=args.head)
-    size = (args.input_size[0], args.input_size[-1])
+    size = tuple(args.input_size)
     params = count_parameters(model)
     flops = count_flops(model, size)
     print(f"DeepLabV3+ {args.backbone}, output stride {args.downsample_factor}, {args.head} head, "

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.evaluation.test_confusion import HAND_ACCURACY, HAND_FWIOU, HAND_MATRIX, HAND_MIOU, HAND_MPA, HAND_NAMES
-from utils.evaluation.report import format_summary, format_table, write_report
+from utils.evaluation.report import format_percent, format_summary, format_table, write_report
 from utils.evaluation.scores import compute_scores
 
 
@@ -27,6 +27,13 @@ def test_table_and_summary_show_n_a_for_undefined():
     assert "fwIoU 55.00%" in summary and "1 class(es)" in summary
     with pytest.raises(ValueError):
         format_table(scores, HAND_NAMES[:3])
+
+
+def test_percent_is_n_a_for_nan_and_for_the_none_of_json_rows():
+    assert format_percent(0.123456) == "12.35"
+    assert format_percent(1.0) == "100.00"
+    assert format_percent(float("nan")) == "n/a"
+    assert format_percent(None) == "n/a"
 
 
 def test_write_report_files(tmp_path):

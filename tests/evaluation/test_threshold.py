@@ -11,6 +11,7 @@ import torch
 from utils.evaluation.threshold import (
     SWEEP_THRESHOLDS,
     ThresholdSweep,
+    best_threshold,
     binary_summary,
     format_binary,
     format_sweep,
@@ -99,6 +100,32 @@ def test_no_foreground_anywhere_falls_back_to_one_half():
     sweep.update(torch.zeros(4, 4), np.zeros((4, 4), np.uint8))
     assert sweep.best() == 0.5
     assert binary_summary(sweep.scores()[0], 0.05)["iou"] is None
+
+
+def _marked_best(table: str) -> list[str]:
+    return [line.split()[0] for line in table.splitlines() if "best IoU" in line]
+
+
+def test_table_marks_the_threshold_that_best_keeps_on_a_tie():
+    # IoU 1 at every threshold in (0.3, 0.72]: the tie goes to 0.5, in the table as in best().
+    label = np.array([[0, 0, 1, 1]], np.uint8)
+    sweep = ThresholdSweep()
+    sweep.update(torch.tensor([[0.1, 0.3, 0.72, 0.9]]), label)
+    assert sweep.best() == 0.5
+    assert _marked_best(format_sweep(sweep_rows(sweep))) == ["0.50"]
+    # Undefined IoUs are skipped; the lower of two ties equally near 0.5 wins.
+    thresholds = (0.1, 0.2, 0.4, 0.6, 0.9)
+    assert best_threshold(thresholds, [0.7, None, 0.7, 0.7, float("nan")]) == 0.4
+    assert best_threshold(thresholds, [0.2, 0.9, 0.7, None, 0.9]) == 0.2
+
+
+def test_no_defined_iou_marks_no_row_and_keeps_one_half():
+    sweep = ThresholdSweep()
+    sweep.update(torch.zeros(4, 4), np.zeros((4, 4), np.uint8))
+    assert best_threshold(sweep.thresholds, [s.iou[1] for s in sweep.scores()]) is None
+    assert sweep.best() == 0.5
+    table = format_sweep(sweep_rows(sweep), chosen=0.5)
+    assert _marked_best(table) == [] and "n/a" in table
 
 
 def test_text_outputs_mark_the_best_and_used_rows():

@@ -12,6 +12,7 @@ from predict import main, parse_args
 from utils.errors import UserError
 from utils.inference.onnx_export import export_onnx, make_session
 from utils.inference.predictor import Predictor
+from utils.inference.slide import SlideOptions
 
 
 def photo(height: int, width: int, seed: int) -> np.ndarray:
@@ -138,3 +139,29 @@ def test_export_refuses_to_write_over_the_weights(predict_checkpoints):
     with pytest.raises(UserError, match="is the --weights file itself"):
         main(parse_args(["--weights", str(ckpt), "--export-onnx", str(ckpt.parent / "." / ckpt.name)]))
     assert ckpt.read_bytes() == before
+
+
+def test_export_metadata_keeps_the_head_and_the_crop_size(tmp_path, capsys):
+    import json
+
+    from nets.deeplabv3_plus import DeepLab
+    from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from utils.summary import count_parameters
+
+    torch.manual_seed(0)
+    model = DeepLab(3, "mobilenet", head="separable").eval()
+    config = {"backbone": "mobilenet", "head": "separable", "num_classes": 3, "downsample_factor": 16,
+              "input_size": [32, 32], "crop_size": [32, 32]}
+    save_checkpoint({"model": model.state_dict(), "config": config, "format": CHECKPOINT_FORMAT},
+                    tmp_path / "separable.pth")
+    path = tmp_path / "separable.onnx"
+    assert main(parse_args(["--weights", str(tmp_path / "separable.pth"), "--export-onnx", str(path)])) == 0
+    (entry,) = onnx.load(str(path)).metadata_props
+    meta = json.loads(entry.value)
+    assert (meta["head"], meta["crop_size"]) == ("separable", [32, 32])
+    # A crop-trained model slides by default under --onnx as it does under --weights.
+    assert Predictor.from_onnx(path).slide == SlideOptions()
+    # --fps counts the separable head (the standard one has ~1.6 M more parameters).
+    capsys.readouterr()
+    assert main(parse_args(["--onnx", str(path), "--fps", "1"])) == 0
+    assert f"parameters: {count_parameters(model) / 1e6:.2f} M" in capsys.readouterr().out

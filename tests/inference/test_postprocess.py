@@ -57,6 +57,30 @@ def test_upsample_labels_is_argmax_of_full_bilinear(channels, source, target):
     assert_argmax_except_ties(got, reference(probs, target))
 
 
+def smooth_logits(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, channels, height // 4 + 2, width // 4 + 2, generator=generator) * 4
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last_crop", "channels_last_columns"])
+def test_logits_give_the_labels_of_their_softmax(layout):
+    """From logits only the disagreeing cells' corners are softmaxed: the map equals the probabilities' map,
+    also on cropped channels-last views (the network's letterbox content box) whose rows are not adjacent."""
+    logits = smooth_logits(9, 60, 80, seed=5)
+    if layout != "nchw":
+        canvas = logits[None].contiguous(memory_format=torch.channels_last)[0]
+        logits = canvas[:, 7:51, 3:77] if layout == "channels_last_crop" else canvas[:, :, 11:70]
+        assert not logits.permute(1, 2, 0).is_contiguous()
+    target = (173, 251)
+    from_probs = upsample_labels(logits.softmax(0), target)
+    np.testing.assert_array_equal(upsample_labels(logits, target, logits=True), from_probs)
+    assert_argmax_except_ties(from_probs, reference(logits.softmax(0), target))
+    one = logits[:1]
+    np.testing.assert_array_equal(upsample_labels(one, target, threshold=0.3, logits=True),
+                                  upsample_labels(one.sigmoid(), target, threshold=0.3))
+
+
 def test_small_chunks_give_the_same_map():
     """Bands of one source row and tiny pixel chunks must not change anything."""
     probs = smooth_probabilities(21, 50, 70, seed=3, coarse=2)
@@ -92,7 +116,8 @@ def test_one_channel_thresholds_the_bilinear_probability(threshold):
 
 
 def test_bilinear_taps_reproduce_interpolate():
-    values = torch.rand(23, dtype=torch.float64)
+    # float32 values: the taps follow PyTorch's float32 kernel (a float64 input uses float64 coordinates).
+    values = torch.rand(23, generator=torch.Generator().manual_seed(0))
     for target in (5, 23, 24, 100):
         taps = bilinear_taps(23, target)
         mine = (1 - taps.frac) * values.numpy()[taps.first] + taps.frac * values.numpy()[taps.second]

@@ -165,11 +165,34 @@ def test_rows_are_finished_before_later_windows_run():
     assert len(net.calls) == columns * columns
 
 
+@pytest.mark.parametrize(("channels", "scale"), [(1, 1.0), (3, 1.0), (3, 0.6)])
+def test_predict_with_prob_goes_through_the_windows(channels, scale):
+    net = FakeNet(channels, seed=4)
+    image = photo(70, 101, seed=7)
+    window, overlap = (32, 48), 0.33
+    predictor = make_predictor(net, window, 2)
+    predictor.slide = SlideOptions(overlap, scale, progress=False)
+    scaled = image
+    if scale != 1:
+        scaled = cv2.resize(image, (round(101 * scale), round(70 * scale)), interpolation=cv2.INTER_AREA)
+    probs = torch.from_numpy(reference_probabilities(net, scaled, window, overlap, binary=channels == 1)).float()
+    probs = F.interpolate(probs[None], size=(70, 101), mode="bilinear", align_corners=False)[0].numpy()
+    # Binary: the foreground probability; multiclass: the probability of the class the mask holds.
+    expected = probs[0] if channels == 1 else probs.max(0)
+    (mask, prob), = predictor.predict_with_prob([image])
+    np.testing.assert_array_equal(mask, predictor.predict([image])[0])
+    assert len(np.unique(mask)) > 1
+    assert prob.shape == (70, 101) and prob.dtype == torch.float32
+    np.testing.assert_allclose(prob.numpy(), expected, atol=1e-5)
+
+
 def test_tta_is_refused_under_slide():
     predictor = make_predictor(FakeNet(2), (32, 32), 1)
     predictor.slide = SlideOptions(progress=False)
     with pytest.raises(ValueError, match="not available with sliding windows"):
         predictor.predict([photo(40, 40, 0)], tta=True)
+    with pytest.raises(ValueError, match="not available with sliding windows"):
+        predictor.predict_with_prob([photo(40, 40, 0)], tta=True)
 
 
 def test_crop_trained_model_defaults_to_slide():

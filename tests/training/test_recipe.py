@@ -15,7 +15,8 @@ import torch
 
 from train import main, parse_args
 from utils.errors import UserError
-from utils.training import builder
+from utils.training import builder, resume
+from utils.training import trainer as trainer_module
 from utils.training.builder import check_batch
 from utils.training.distributed import DistContext
 from utils.training.epoch import NonFiniteGuard, NonFiniteLossError, scaler_found_inf
@@ -39,6 +40,72 @@ def test_no_frozen_phase_without_backbone_weights(train_data_root, init_weights,
     assert parse_args(flags(train_data_root, tmp_path / "f", "--freeze-epochs", "0")).freeze_epochs == 0
     # --resume auto with nothing to resume is a new run from random weights.
     assert parse_args(flags(train_data_root, tmp_path / "g", "--resume", "auto")).freeze_epochs == 0
+
+
+def _start_as_rank_1_of_2(monkeypatch, argv: list[str], rank0: tuple) -> list[tuple]:
+    """train.py on rank 1 of a two-node torchrun, where rank 0's resume decision is ``rank0``.
+
+    No process is launched: the broadcast hands over ``rank0`` and every rank can read the checkpoint.
+    Returns the (resume, freeze epochs) the trainer started with.
+    """
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ctx = DistContext(rank=1, world_size=2)
+
+    def broadcast(box: list, src: int) -> None:
+        box[0] = rank0
+
+    def all_gather(out: list, readable: bool) -> None:
+        out[:] = [True] * len(out)
+
+    monkeypatch.setattr(resume, "dist", SimpleNamespace(broadcast_object_list=broadcast, all_gather_object=all_gather))
+    started: list[tuple] = []
+
+    class Started:
+        def __init__(self, args: argparse.Namespace, ctx: DistContext) -> None:
+            started.append((args.resume, args.freeze_epochs))
+
+        def fit(self) -> int:
+            return 0
+
+    monkeypatch.setattr(trainer_module, "init_distributed", lambda device: ctx)
+    monkeypatch.setattr(trainer_module, "cleanup_distributed", lambda: None)
+    monkeypatch.setattr(trainer_module, "prepare_demo_data", lambda args, ctx: None)
+    monkeypatch.setattr(trainer_module, "Trainer", Started)
+    assert main(parse_args(argv)) == 0
+    return started
+
+
+def test_frozen_phase_follows_rank_0s_resume_decision_under_torchrun(train_data_root, tmp_path, monkeypatch):
+    # Rank 1's node holds a stale run/last.pth that rank 0's does not: rank 0 starts a new run from
+    # random weights, so rank 1 must neither resume nor freeze (as if it had weights).
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    (save_dir / "last.pth").write_bytes(b"stale")
+    argv = flags(train_data_root, save_dir, "--epochs", "10", "--resume", "auto")
+    new_run = (None, f"--resume auto: no {save_dir / 'last.pth'} yet, starting a new run", None)
+    assert _start_as_rank_1_of_2(monkeypatch, argv, new_run) == [(None, 0)]
+    with pytest.raises(UserError, match="--freeze-epochs 3 would freeze a random backbone"):
+        _start_as_rank_1_of_2(monkeypatch, [*argv, "--freeze-epochs", "3"], new_run)
+    # Rank 0 resumes: every rank takes the frozen phase the checkpoint's run was started with.
+    torch.save({"config": {"freeze_epochs": 2}}, save_dir / "last.pth")
+    resumed = (str(save_dir / "last.pth"), None, None)
+    assert _start_as_rank_1_of_2(monkeypatch, argv, resumed) == [(str(save_dir / "last.pth"), 2)]
+
+
+def test_a_resumed_run_keeps_its_frozen_phase(train_data_root, init_weights, tmp_path):
+    """The same flags plus --resume auto continue the phase plan the checkpoint's run started with: a run
+    begun from random weights (no frozen phase) is not frozen on resuming, although a resume loads weights."""
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    for recorded, expected in ((0, 0), (3, 3), (None, 5)):  # None: an older checkpoint; the default applies
+        config = {} if recorded is None else {"freeze_epochs": recorded}
+        torch.save({"config": config}, save_dir / "last.pth")
+        args = parse_args(flags(train_data_root, save_dir, "--epochs", "10", "--resume", "auto"))
+        assert (args.resume, args.freeze_epochs) == (str(save_dir / "last.pth"), expected)
+    # An explicit --freeze-epochs still wins.
+    args = parse_args(flags(train_data_root, save_dir, "--epochs", "10", "--resume", "auto", "--freeze-epochs", "4"))
+    assert args.freeze_epochs == 4
 
 
 def test_summary_says_why_there_is_no_frozen_phase(train_data_root, tmp_path):

@@ -1,7 +1,8 @@
 """The evaluation report: the per-class table and summary line, metrics.json, confusion_matrix.csv.
 
 :func:`write_report` also draws the charts of :mod:`utils.evaluation.plots`. Undefined (NaN)
-scores print as "n/a" and are written as JSON ``null``.
+scores print as "n/a" and are written as JSON ``null``; :func:`format_percent` is the one
+percentage formatter, also used by the binary tables of :mod:`utils.evaluation.threshold`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from utils.evaluation.plots import bar_chart, heat_map, sweep_chart
 from utils.evaluation.scores import Scores, as_numpy, nanmean
 
 
-def _percent(value: float) -> str:
-    """A fraction as a percentage with two decimals, "n/a" when undefined."""
-    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
+def format_percent(value: float | None) -> str:
+    """A fraction as a percentage with two decimals (no % sign), "n/a" when undefined (NaN or None).
+
+    None is what metrics.json rows hold for an undefined score (:func:`_json_number`).
+    """
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
 def format_table(scores: Scores, class_names: Sequence[str]) -> str:
@@ -37,8 +41,9 @@ def format_table(scores: Scores, class_names: Sequence[str]) -> str:
     lines = [header, "-" * len(header)]
     for i, name in enumerate(class_names):
         lines.append(
-            f"{name:<{width}}  {_percent(scores.iou[i]):>7}  {_percent(scores.recall[i]):>7}  "
-            f"{_percent(scores.precision[i]):>7}  {_percent(scores.f1[i]):>7}  {int(scores.gt_pixels[i]):>12}"
+            f"{name:<{width}}  {format_percent(scores.iou[i]):>7}  {format_percent(scores.recall[i]):>7}  "
+            f"{format_percent(scores.precision[i]):>7}  {format_percent(scores.f1[i]):>7}  "
+            f"{int(scores.gt_pixels[i]):>12}"
         )
     return "\n".join(lines)
 
@@ -47,8 +52,8 @@ def format_summary(scores: Scores) -> str:
     """The one-line summary: mIoU, mPA, pixel accuracy and frequency-weighted IoU in %."""
     undefined = int(np.isnan(scores.iou).sum())
     line = (
-        f"mIoU {_percent(scores.miou)}%  mPA {_percent(scores.mpa)}%  "
-        f"accuracy {_percent(scores.accuracy)}%  fwIoU {_percent(scores.fwiou)}%"
+        f"mIoU {format_percent(scores.miou)}%  mPA {format_percent(scores.mpa)}%  "
+        f"accuracy {format_percent(scores.accuracy)}%  fwIoU {format_percent(scores.fwiou)}%"
     )
     if undefined:
         line += f"  ({undefined} class(es) absent from ground truth and prediction: n/a, not in the means)"
@@ -124,12 +129,12 @@ def write_report(
         writer.writerow(["gt \\ pred", *class_names])
         for name, row in zip(class_names, hist, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
-    bar_chart(scores.iou, class_names, f"mIoU = {_percent(scores.miou)}%", "Intersection over Union",
+    bar_chart(scores.iou, class_names, f"mIoU = {format_percent(scores.miou)}%", "Intersection over Union",
                paths["miou"])
-    bar_chart(scores.recall, class_names, f"mPA = {_percent(scores.mpa)}%", "Pixel accuracy (recall)",
+    bar_chart(scores.recall, class_names, f"mPA = {format_percent(scores.mpa)}%", "Pixel accuracy (recall)",
                paths["mpa"])
-    bar_chart(scores.recall, class_names, f"mRecall = {_percent(scores.mpa)}%", "Recall", paths["recall"])
+    bar_chart(scores.recall, class_names, f"mRecall = {format_percent(scores.mpa)}%", "Recall", paths["recall"])
     bar_chart(scores.precision, class_names,
-               f"mPrecision = {_percent(nanmean(scores.precision))}%", "Precision", paths["precision"])
+               f"mPrecision = {format_percent(nanmean(scores.precision))}%", "Precision", paths["precision"])
     heat_map(hist, class_names, paths["heatmap"])
     return paths

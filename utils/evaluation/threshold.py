@@ -6,16 +6,20 @@ of the probabilities of the positive and of the negative pixels whose bin edges 
 thresholds themselves; the reversed cumulative sum of a histogram gives every threshold's
 TP, FP, FN and TN at once. Counts are pooled over the whole split (as mIoU is), so the
 foreground IoU, Dice, precision and recall at each threshold follow from one 2x2 matrix.
+:func:`best_threshold` decides the threshold to keep, for training and validation
+(:meth:`ThresholdSweep.best`) and for the row the sweep table marks (:func:`format_sweep`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from utils.evaluation.report import format_percent
 from utils.evaluation.scores import Scores, as_numpy, compute_scores
 
 # 0.05, 0.10, ..., 0.95
@@ -31,6 +35,20 @@ def threshold_arg(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a foreground probability between 0 and 1, e.g. 0.5")
     return value
+
+
+def best_threshold(thresholds: Sequence[float], ious: Sequence[float | None]) -> float | None:
+    """The threshold with the highest foreground IoU, on a tie the one nearest 0.5; None when no IoU is
+    defined (NaN or None: no foreground in the labels or the predictions).
+
+    The one rule behind both the threshold training keeps (:meth:`ThresholdSweep.best`) and the row
+    :func:`format_sweep` marks, so the table never points at another threshold than the one used.
+    """
+    defined = [(t, v) for t, v in zip(thresholds, ious, strict=True) if v is not None and not math.isnan(v)]
+    if not defined:
+        return None
+    top = max(v for _, v in defined)
+    return min((t for t, v in defined if v == top), key=lambda t: abs(t - 0.5))
 
 
 class ThresholdSweep:
@@ -85,13 +103,10 @@ class ThresholdSweep:
         return [compute_scores(matrix) for matrix in self.matrices()]
 
     def best(self) -> float:
-        """The threshold with the highest foreground IoU (on a tie the one nearest 0.5); 0.5 when no
-        threshold has a defined IoU (no foreground in the labels or the predictions)."""
-        ious = np.array([s.iou[1] for s in self.scores()])
-        if np.isnan(ious).all():
-            return 0.5
-        top = np.flatnonzero(ious == np.nanmax(ious))
-        return min((self.thresholds[i] for i in top), key=lambda t: abs(t - 0.5))
+        """The sweep's :func:`best_threshold` (highest foreground IoU, on a tie the one nearest 0.5); 0.5
+        when no threshold has a defined IoU (no foreground in the labels or the predictions)."""
+        best = best_threshold(self.thresholds, [s.iou[1] for s in self.scores()])
+        return 0.5 if best is None else best
 
 
 def binary_summary(scores: Scores, threshold: float | None) -> dict[str, float | None]:
@@ -111,8 +126,8 @@ def sweep_rows(sweep: ThresholdSweep) -> list[dict[str, float | None]]:
 def format_binary(summary: dict[str, float | None]) -> str:
     """One line: the threshold and the foreground scores in %."""
     def pct(key: str) -> str:
-        value = summary[key]
-        return "n/a" if value is None else f"{100 * value:.2f}%"
+        text = format_percent(summary[key])
+        return text if text == "n/a" else f"{text}%"
 
     threshold = summary["threshold"]
     at = "unknown threshold" if threshold is None else f"threshold {threshold:g}"
@@ -121,15 +136,12 @@ def format_binary(summary: dict[str, float | None]) -> str:
 
 
 def format_sweep(rows: list[dict[str, float | None]], chosen: float | None = None) -> str:
-    """The sweep table: threshold, IoU, Dice, precision, recall in %, the best IoU row marked."""
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f}"
-
-    ious = [row["iou"] for row in rows]
-    best = max((i for i, v in enumerate(ious) if v is not None), key=lambda i: ious[i], default=None)
+    """The sweep table: threshold, IoU, Dice, precision, recall in %; the row of :func:`best_threshold`
+    is marked "best IoU" (none when no IoU is defined) and the ``chosen`` one "(used)"."""
+    best = best_threshold([row["threshold"] for row in rows], [row["iou"] for row in rows])
     lines = [f"{'threshold':>9}  {'IoU':>7}  {'Dice':>7}  {'Prec.':>7}  {'Recall':>7}", "-" * 45]
-    for i, row in enumerate(rows):
-        marks = (" best IoU" if i == best else "") + (" (used)" if row["threshold"] == chosen else "")
-        lines.append(f"{row['threshold']:>9.2f}  {pct(row['iou']):>7}  {pct(row['dice']):>7}  "
-                     f"{pct(row['precision']):>7}  {pct(row['recall']):>7}{marks}")
+    for row in rows:
+        marks = (" best IoU" if row["threshold"] == best else "") + (" (used)" if row["threshold"] == chosen else "")
+        lines.append(f"{row['threshold']:>9.2f}  {format_percent(row['iou']):>7}  {format_percent(row['dice']):>7}  "
+                     f"{format_percent(row['precision']):>7}  {format_percent(row['recall']):>7}{marks}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,31 +43,50 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
                                   threshold=args.threshold)
 
 
+def _read_batch(jobs: list[Job]) -> tuple[list[tuple[Job, np.ndarray]], list[str]]:
+    """The readable images of ``jobs`` and a failure line for each unreadable one."""
+    batch, failures = [], []
+    for job in jobs:
+        try:
+            batch.append((job, load_image(job.source)))
+        except UserError as exc:
+            failures.append(str(exc))
+    return batch, failures
+
+
+def _segment(images: list[np.ndarray], predictor: Predictor,
+             args: argparse.Namespace) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(mask, probability grey levels or None) per image, as ``--save-prob`` asks."""
+    if args.save_prob:
+        return [(mask, quantize_prob(prob, args.prob_bits))
+                for mask, prob in predictor.predict_with_prob(images, tta=args.tta)]
+    return [(mask, None) for mask in predictor.predict(images, tta=args.tta)]
+
+
 def predict_jobs(jobs: list[Job], predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
-    """Segment the jobs batch by batch; unreadable images are recorded and skipped."""
+    """Segment the jobs batch by batch; unreadable images are recorded and skipped.
+
+    The next batch is decoded while this one's outputs are encoded and written: both are
+    single-threaded, so they share the cores between two forward passes instead of leaving one
+    idle (the reading never overlaps a forward pass, which uses every core itself).
+    """
     out_dir = Path(args.out)
     palette = make_palette(predictor.num_classes)
     progress = tqdm(total=len(jobs), unit="img", disable=len(jobs) < 2, file=sys.stderr)
-    for start in range(0, len(jobs), predictor.batch_size):
-        batch: list[tuple[Job, np.ndarray]] = []
-        for job in jobs[start:start + predictor.batch_size]:
-            try:
-                batch.append((job, load_image(job.source)))
-            except UserError as exc:
-                run.failures.append(str(exc))
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(_read_batch, jobs[:predictor.batch_size])
+        for start in range(0, len(jobs), predictor.batch_size):
+            batch, failures = pending.result()
+            run.failures += failures
+            progress.update(len(failures))
+            results = _segment([image for _, image in batch], predictor, args) if batch else []
+            following = jobs[start + predictor.batch_size:start + 2 * predictor.batch_size]
+            if following:
+                pending = reader.submit(_read_batch, following)
+            for (job, image), (mask, prob) in zip(batch, results, strict=True):
+                save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run, prob)
+                run.segmented += 1
                 progress.update(1)
-        if not batch:
-            continue
-        images = [image for _, image in batch]
-        if args.save_prob:
-            results = [(mask, quantize_prob(prob, args.prob_bits))
-                       for mask, prob in predictor.predict_with_prob(images, tta=args.tta)]
-        else:
-            results = [(mask, None) for mask in predictor.predict(images, tta=args.tta)]
-        for (job, image), (mask, prob) in zip(batch, results, strict=True):
-            save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run, prob)
-            run.segmented += 1
-            progress.update(1)
     progress.close()
 
 

@@ -1,7 +1,9 @@
 """predict.py ``--fps``: latency of the full in-memory pipeline, with the model's parameters and FLOPs.
 
 Warm-up runs come first and CUDA is synchronised around the timed loop, so the figure is the
-real per-image time of letterbox, forward, resize and argmax.
+real per-image time of :meth:`Predictor.predict`: letterbox (or sliding windows when
+``predictor.slide`` is set), forward, resize and argmax. Parameters and FLOPs (per network input)
+are those of the network the checkpoint holds, a binary model's one output channel included.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from utils.inference.predictor import Predictor
 
 
 def fps_benchmark(predictor: Predictor, args: argparse.Namespace) -> None:
-    """Time the full in-memory pipeline (letterbox, forward, resize, argmax) on one image."""
+    """Time the full in-memory pipeline of :meth:`Predictor.predict` on one image (see the module docstring)."""
     from nets.deeplabv3_plus import DeepLab
+    from utils.checkpoint import output_channels
     from utils.summary import count_flops, count_parameters
 
     if args.inputs and Path(args.inputs[0]).is_file():
@@ -45,7 +48,8 @@ def fps_benchmark(predictor: Predictor, args: argparse.Namespace) -> None:
           f"on {predictor.device}, {args.fps} runs")
     print(f"{seconds * 1000:.2f} ms per image, {1 / seconds:.2f} FPS")
     if "backbone" in config:
-        model = DeepLab(predictor.num_classes, config["backbone"],
+        # A binary model has one output channel for its two classes: count the network it really is.
+        model = DeepLab(output_channels(predictor.task, predictor.num_classes), config["backbone"],
                         downsample_factor=config.get("downsample_factor", 16),
                         head=config.get("head", "standard")).eval()
         params, flops = count_parameters(model), count_flops(model, predictor.input_size)

@@ -112,8 +112,10 @@ def _finish(path: Path, config: dict[str, Any] | None, simplify: bool) -> None:
     if simplify:
         model = _simplify(model)
     if config:
-        keep = {k: config.get(k) for k in ("backbone", "num_classes", "class_names", "downsample_factor",
-                                           "input_size", "task", "threshold") if k in config}
+        # What Predictor.from_onnx and predict.py read back: the model (head for --fps), its labels and
+        # threshold, and crop_size, which turns sliding windows on by default as it does for --weights.
+        keep = {k: config.get(k) for k in ("backbone", "head", "num_classes", "class_names", "downsample_factor",
+                                           "input_size", "crop_size", "task", "threshold") if k in config}
         entry = model.metadata_props.add()
         entry.key, entry.value = CONFIG_KEY, json.dumps(keep)
     onnx.save(model, str(path))

@@ -11,7 +11,9 @@ exactly that while never holding ``C x H x W`` values:
   for a threshold on one channel;
 - so the low-resolution labels are expanded to the output size by index gathering, and the
   interpolated probabilities are computed only for output pixels whose neighbours disagree
-  (the class borders, a few percent of the pixels), in bounded chunks.
+  (the class borders, a few percent of the pixels), in bounded chunks;
+- the argmax of logits is the argmax of their softmax, so given logits only the corners of
+  those border cells are softmaxed, not the whole map.
 
 Memory is the output's labels plus small index arrays. :func:`average_upsampled_labels` is
 the probability path for test-time augmentation (a mean over maps of different sizes has no
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -127,21 +130,32 @@ def _runs(first: np.ndarray, source: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(counts) - counts, counts
 
 
-def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
-                    chunk: int = CHUNK_VALUES) -> np.ndarray:
+def _inner_max(counts: np.ndarray) -> int:
+    """The largest of the use counts of :func:`_runs` leaving out the first and last sample."""
+    return int(counts[1:-1].max()) if counts.size > 2 else int(counts.max())
+
+
+def upsample_labels(scores: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
+                    chunk: int = CHUNK_VALUES, logits: bool = False) -> np.ndarray:
     """Class map (H, W) uint8 of (C, h, w) probabilities resized bilinearly to ``size`` = (H, W).
 
     Equal to ``F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]`` followed
     by argmax over C (or ``>= threshold`` when C is 1), except where classes tie; see the module
-    docstring. Works for up- and downsampling (bilinear without antialias). ``probs`` may be on
+    docstring. Works for up- and downsampling (bilinear without antialias). ``scores`` may be on
     any device; the work is done on the host, on all cores, with at most about ``chunk`` floats per
     work array in each thread.
+
+    With ``logits``, ``scores`` are the logits whose softmax (sigmoid for one channel) are the
+    probabilities: the argmax is the same, so only the corners of the disagreeing cells are
+    turned into probabilities, which saves the softmax over the whole map.
     """
-    hwc = _as_hwc(probs)
+    hwc = _as_hwc(scores)
     h, w, channels = hwc.shape
     height, width = int(size[0]), int(size[1])
     if channels > 256:
         raise ValueError(f"uint8 class maps hold at most 256 classes; got {channels} channels")
+    if logits and channels == 1:
+        hwc, logits = torch.from_numpy(hwc).sigmoid().numpy(), False  # one channel: cheap, and thresholds are on p
     labels = np.empty((h, w), dtype=np.uint8)
 
     def label_rows(rows: slice) -> None:
@@ -154,36 +168,64 @@ def upsample_labels(probs: torch.Tensor | np.ndarray, size: tuple[int, int], thr
     row_start, row_count = _runs(rows.first, h)
     col_start, col_count = _runs(cols.first, w)
     out = _expand(labels, row_count, col_count)
+    flat_out = out.reshape(-1)
     cell_rows, cell_cols = np.nonzero(_disagreeing_cells(labels))
     # Each cell covers a rectangle of output pixels (the pixels whose top-left tap it is): the
     # exact bilinear argmax is recomputed there, a bounded number of cells at a time.
     covered = (row_count[cell_rows] > 0) & (col_count[cell_cols] > 0)
     cell_rows, cell_cols = cell_rows[covered], cell_cols[covered]
-    tall, wide = int(row_count.max()), int(col_count.max())
-    dy, dx = np.arange(tall), np.arange(wide)
+    pixels = _PixelTable(hwc)
 
-    def refine(piece: slice) -> None:
-        i, j = cell_rows[piece], cell_cols[piece]
-        cells = _Cells(hwc, labels, i, j, threshold)
-        ys = row_start[i][:, None] + dy  # (n, tall) output rows of each cell, padded
-        xs = col_start[j][:, None] + dx
-        inside = (dy < row_count[i][:, None])[:, :, None] & (dx < col_count[j][:, None])[:, None, :]
-        fy = rows.frac[np.minimum(ys, height - 1)]
-        fx = cols.frac[np.minimum(xs, width - 1)]
-        winners = cells.labels(fy, fx)
-        n = i.size
+    def refine(i: np.ndarray, j: np.ndarray, tall: int, wide: int, piece: slice) -> None:
+        i, j = i[piece], j[piece]
+        # Each cell's output rows and columns, padded to tall x wide by repeating its last one:
+        # a padding entry is a real pixel of the cell, rewritten with the same value.
+        ys = row_start[i][:, None] + np.minimum(np.arange(tall), row_count[i][:, None] - 1)  # (n, tall)
+        xs = col_start[j][:, None] + np.minimum(np.arange(wide), col_count[j][:, None] - 1)  # (n, wide)
+        winners = _Cells(pixels, labels, i, j, threshold, logits).labels(rows.frac[ys], cols.frac[xs])
         # Cells cover disjoint rectangles, so pieces running at once never write the same pixel.
-        out[np.broadcast_to(ys[:, :, None], (n, tall, wide))[inside],
-            np.broadcast_to(xs[:, None, :], (n, tall, wide))[inside]] = winners[inside]
+        flat_out[(ys * width)[:, :, None] + xs[:, None, :]] = winners
 
-    _on_all_cores(refine, cell_rows.size, _MIN_CELLS, max(1, chunk // ((4 + tall * wide) * channels)))
+    # Clamping at the borders gives the first and last source rows (columns) more output rows than
+    # the others (6 against 3-4 at 288 -> 1080): those cells are padded apart, not all of them.
+    inner_tall, inner_wide = _inner_max(row_count), _inner_max(col_count)
+    border = (row_count[cell_rows] > inner_tall) | (col_count[cell_cols] > inner_wide)
+    for chosen, tall, wide in ((~border, inner_tall, inner_wide), (border, row_count.max(), col_count.max())):
+        i, j = cell_rows[chosen], cell_cols[chosen]
+        _on_all_cores(partial(refine, i, j, int(tall), int(wide)), i.size, _MIN_CELLS,
+                      max(1, chunk // ((4 + tall * wide) * channels)))
     return out
+
+
+class _PixelTable:
+    """The (h, w, C) map as a table of pixel rows, for gathering the C values of many pixels at once.
+
+    Network outputs are cropped views whose pixels are C contiguous floats with a fixed row
+    pitch; a strided 2-D view over them (pixel ``(i, j)`` at row ``i * pitch + j``) is gathered with
+    one ``take`` instead of a copy of the map or a slower 2-D fancy index.
+    """
+
+    def __init__(self, hwc: np.ndarray) -> None:
+        h, w, channels = hwc.shape
+        item = hwc.itemsize
+        pixel, row = hwc.strides[1], hwc.strides[0]
+        if not (hwc.strides[2] == item and pixel == channels * item and row % pixel == 0 and row >= w * pixel):
+            hwc = np.ascontiguousarray(hwc)
+            pixel, row = hwc.strides[1], hwc.strides[0]
+        self.pitch = row // pixel
+        self.table = np.lib.stride_tricks.as_strided(hwc, ((h - 1) * self.pitch + w, channels), (pixel, item),
+                                                     writeable=False)
+        self.height, self.width = h, w
+
+    def gather(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Values (*i.shape, C) of pixels ``(i, j)``."""
+        return self.table.take(i * self.pitch + j, axis=0)
 
 
 class _Cells:
     """Disagreeing cells (top-left samples ``(i, j)``): their 4 corner probabilities, kept only for
     the classes that can win somewhere in the cell, in groups of cells with the same number of
-    candidates (``groups``: positions, candidate classes (m, k), corner values (m, 4, k)).
+    candidates (``groups``: positions, candidate classes (m, k), corner values (4, m, k)).
 
     A class j whose largest corner probability is below some class k's smallest one can win at
     no point of the cell (``p_j(x) <= max p_j < min p_k <= p_k(x)``), so it is dropped. At a
@@ -192,35 +234,39 @@ class _Cells:
     exactly the two labels its corners show: that common case needs no sorting.
     """
 
-    def __init__(self, hwc: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.ndarray,
-                 threshold: float) -> None:
-        h, w, channels = hwc.shape
+    def __init__(self, pixels: _PixelTable, labels: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 threshold: float, logits: bool = False) -> None:
+        below, right = np.minimum(i + 1, pixels.height - 1), np.minimum(j + 1, pixels.width - 1)
+        ci, cj = np.stack([i, i, below, below]), np.stack([j, right, j, right])  # (4, n) corner positions
+        corners = pixels.gather(ci, cj)  # (4, n, C)
+        if logits:
+            corners = torch.from_numpy(corners).softmax(-1).numpy()  # the probabilities a full softmax gives
+        channels = corners.shape[-1]
         self.threshold, self.binary = threshold, channels == 1
-        below, right = np.minimum(i + 1, h - 1), np.minimum(j + 1, w - 1)
-        corners = np.stack([hwc[i, j], hwc[i, right], hwc[below, j], hwc[below, right]], axis=1)  # (n, 4, C)
         if channels == 1:
             self.groups = [(np.arange(i.size), np.zeros((i.size, 1), dtype=np.uint8), corners)]
             return
-        possible = corners.max(1) >= corners.min(1).max(-1, keepdims=True)
+        # The corner axis comes first, so these reductions are elementwise over contiguous rows.
+        possible = corners.max(0) >= corners.min(0).max(-1, keepdims=True)  # (n, C)
         count = possible.sum(-1)
         two = np.flatnonzero(count == 2)
-        shown = np.stack([labels[i[two], j[two]], labels[i[two], right[two]], labels[below[two], j[two]],
-                          labels[below[two], right[two]]], axis=1)
-        pair = np.stack([shown.min(1), shown.max(1)], axis=1)  # lowest class first: ties go to it
-        self.groups = [(two, pair, np.take_along_axis(corners[two], pair[:, None, :].astype(np.int64), axis=2))]
+        shown = labels[ci[:, two], cj[:, two]]
+        pair = np.stack([shown.min(0), shown.max(0)], axis=1)  # lowest class first: ties go to it
+        values = np.stack([corners[:, two, pair[:, 0]], corners[:, two, pair[:, 1]]], axis=-1)  # (4, m, 2)
+        self.groups = [(two, pair, values)]
         rest = np.flatnonzero(count != 2)
         if rest.size:
-            possible, corners = possible[rest], corners[rest]
+            possible, corners = possible[rest], corners[:, rest]
             # Classes that can win first (in class order, so ties still go to the lowest class).
             classes = np.argsort(~possible, axis=-1, kind="stable").astype(np.uint8)
-            values = np.take_along_axis(corners, classes[:, None, :].astype(np.int64), axis=2)
+            values = np.take_along_axis(corners, classes[None].astype(np.int64), axis=2)
             # Padding entries are classes that cannot win: a probability of -1 keeps them out of the argmax.
-            values[~np.take_along_axis(possible, classes.astype(np.int64), axis=-1)[:, None, :].repeat(4, axis=1)] = -1
+            values[:, ~np.take_along_axis(possible, classes.astype(np.int64), axis=-1)] = -1
             # Grouped by candidate count rounded up to a power of two, to work on few columns.
             width = np.minimum(channels, 1 << np.ceil(np.log2(np.maximum(count[rest], 1))).astype(np.int64))
             for k in np.unique(width):
                 chosen = np.flatnonzero(width == k)
-                self.groups.append((rest[chosen], classes[chosen, :k], values[chosen, :, :k]))
+                self.groups.append((rest[chosen], classes[chosen, :k], values[:, chosen, :k]))
 
     def labels(self, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
         """Labels (n, tall, wide) of each cell's output pixels, from their row weights ``fy`` (n, tall)
@@ -228,14 +274,17 @@ class _Cells:
         result = np.empty((fy.shape[0], fy.shape[1], fx.shape[1]), dtype=np.uint8)
         for where, classes, values in self.groups:
             if where.size:
-                result[where] = self._argmax(classes, values, fy[where, :, None, None], fx[where, None, :, None])
+                result[where] = self._argmax(classes, values, fy[where], fx[where])
         return result
 
     def _argmax(self, classes: np.ndarray, values: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
         """Bilinear value per pixel in PyTorch's order of operations, then the winning class."""
-        v = values[:, :, None, None, :]  # (n, 4, 1, 1, k)
-        gy, gx = 1 - fy, 1 - fx
-        value = gy * (gx * v[:, 0] + fx * v[:, 1]) + fy * (gx * v[:, 2] + fx * v[:, 3])  # (n, tall, wide, k)
+        v = values[:, :, None, None, :]  # (4, n, 1, 1, k)
+        gy, gx = (1 - fy)[:, :, None, None], (1 - fx)[:, None, :, None]
+        fy, fx = fy[:, :, None, None], fx[:, None, :, None]
+        # The column mix of each corner row does not depend on the output row: computed once per column.
+        top, bottom = gx * v[0] + fx * v[1], gx * v[2] + fx * v[3]  # (n, 1, wide, k)
+        value = gy * top + fy * bottom  # (n, tall, wide, k)
         if self.binary:
             return (value[..., 0] >= self.threshold).astype(np.uint8)
         if value.shape[-1] == 2:

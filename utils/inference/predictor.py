@@ -97,7 +97,8 @@ class Predictor:
         self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         # A binary ONNX export ends in the sigmoid: its outputs are probabilities already.
         self._outputs_probabilities = bool(getattr(backend, "outputs_probabilities", False))
-        # Sliding windows instead of the letterbox in predict(); on by default for models trained on crops.
+        # Sliding windows instead of the letterbox in predict() and predict_with_prob(); on by default for
+        # models trained on crops.
         self.slide: SlideOptions | None = default_slide(self.config)
 
     @classmethod
@@ -135,18 +136,23 @@ class Predictor:
         """Probabilities of a batch of backend outputs (softmax, or sigmoid for one channel)."""
         return output if self._outputs_probabilities else probabilities(output)
 
-    def _maps_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool) -> list[torch.Tensor]:
-        """Class probabilities (C, h, w) of each image's letterbox content box, for one network input size."""
+    def _maps_at_scale(self, images: Sequence[np.ndarray], size: tuple[int, int], flip: bool,
+                       logits: bool = False) -> list[torch.Tensor]:
+        """Class probabilities (C, h, w) of each image's letterbox content box, for one network input size
+        (with ``logits`` and no ``flip``, the network's outputs there instead)."""
         out: list[torch.Tensor] = []
         for chunk in _chunks(images, self.batch_size):
             placed = [letterbox(image, size) for image in chunk]
             batch = self._to_batch([canvas for canvas, _, _ in placed])
-            logits = self.backend(torch.cat((batch, batch.flip(3))) if flip else batch)
+            output = self.backend(torch.cat((batch, batch.flip(3))) if flip else batch)
             for index, (_, _, box) in enumerate(placed):
                 rows, cols = slice(box.top, box.top + box.height), slice(box.left, box.left + box.width)
-                probs = self.probabilities(logits[index:index + 1, :, rows, cols])
+                if logits and not flip:
+                    out.append(output[index, :, rows, cols])
+                    continue
+                probs = self.probabilities(output[index:index + 1, :, rows, cols])
                 if flip:
-                    mirrored = logits[len(chunk) + index:len(chunk) + index + 1].flip(3)
+                    mirrored = output[len(chunk) + index:len(chunk) + index + 1].flip(3)
                     probs = (probs + self.probabilities(mirrored[:, :, rows, cols])) * 0.5
                 out.append(probs[0])
         return out
@@ -190,12 +196,14 @@ class Predictor:
                 raise ValueError("test-time augmentation is not available with sliding windows")
             return [slide_predict(self, image, self.slide) for image in images]
         sizes = _scaled_sizes(self.input_size, tta, scales)
-        per_size = [self._maps_at_scale(images, size, flip=tta and flip) for size in sizes]
+        # One plain forward: upsample_labels takes the logits and softmaxes only where classes meet.
+        logits = len(sizes) == 1 and not (tta and flip) and not self._outputs_probabilities
+        per_size = [self._maps_at_scale(images, size, flip=tta and flip, logits=logits) for size in sizes]
         masks = []
         for index, image in enumerate(images):
             maps = [maps[index] for maps in per_size]
             if len(maps) == 1:
-                masks.append(upsample_labels(maps[0], image.shape[:2], self.threshold))
+                masks.append(upsample_labels(maps[0], image.shape[:2], self.threshold, logits=logits))
             else:
                 masks.append(average_upsampled_labels(maps, image.shape[:2], self.threshold))
         return masks
@@ -206,8 +214,15 @@ class Predictor:
         """``(mask, prob)`` per image: the mask of :meth:`predict` and, from the same probabilities, the
         foreground probability (binary) or the predicted class's probability (H, W), float32 on the device.
 
-        Unlike :meth:`predict` this goes through the full-size probabilities of one image at a time.
+        Unlike :meth:`predict` this goes through the full-size probabilities of one image at a time,
+        except with :attr:`slide` set: then, as in :meth:`predict`, each image goes through
+        :func:`~utils.inference.slide.slide_predict`, which keeps only the (H, W) map besides the mask.
         """
+        if self.slide is not None:
+            if tta:
+                raise ValueError("test-time augmentation is not available with sliding windows")
+            _check_images(images)
+            return [slide_predict(self, image, self.slide, with_prob=True) for image in images]
         out = []
         for image in images:
             (p,) = self.predict_proba([image], tta=tta, scales=scales, flip=flip)

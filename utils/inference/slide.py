@@ -10,8 +10,10 @@ equal weight, then argmax (or the threshold).
 Memory is bounded by the output, not by classes x pixels: windows run row of windows by row of
 windows into an accumulator one window high, and the rows no later window covers are finished
 (averaged, resized back when ``scale != 1``, turned into labels) as soon as the next row of
-windows starts. The forward pass is the :class:`~utils.inference.predictor.Predictor`'s backend,
-so PyTorch and ONNX Runtime behave alike.
+windows starts. With ``with_prob``, :func:`slide_predict` also keeps the per-pixel probability
+(foreground for a binary model, else the chosen class's) of each finished band: one (H, W) map,
+never all classes at full size. The forward pass is the
+:class:`~utils.inference.predictor.Predictor`'s backend, so PyTorch and ONNX Runtime behave alike.
 """
 
 from __future__ import annotations
@@ -206,11 +208,15 @@ def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
                 held_start = keep_from
 
 
-def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions) -> np.ndarray:
+def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions,
+                  with_prob: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
     """Labels (H, W) uint8 of an RGB uint8 image by sliding windows (see the module docstring).
 
     With ``options.scale != 1`` the image is resized first and the averaged probabilities are
-    resized back bilinearly, band by band, before the argmax / threshold.
+    resized back bilinearly, band by band, before the argmax / threshold. With ``with_prob`` the
+    result is ``(labels, prob)``: ``prob`` (H, W) float32 on the predictor's device is the foreground
+    probability (binary) or the chosen class's probability, as
+    :func:`~utils.inference.postprocess.labels_and_prob` gives them.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"slide_predict expects an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
@@ -223,7 +229,11 @@ def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions
     if scaled is not image:
         bands = resize_rows(bands, scaled.shape[0], (height, width))
     mask = np.empty((height, width), dtype=np.uint8)
+    prob = torch.empty((height, width), dtype=torch.float32, device=predictor.device) if with_prob else None
     for start, band in bands:
-        labels, _ = labels_and_prob(band, predictor.threshold)
-        mask[start:start + band.shape[1]] = labels.cpu().numpy()
-    return mask
+        labels, band_prob = labels_and_prob(band, predictor.threshold)
+        rows = slice(start, start + band.shape[1])
+        mask[rows] = labels.cpu().numpy()
+        if prob is not None:
+            prob[rows] = band_prob
+    return (mask, prob) if prob is not None else mask

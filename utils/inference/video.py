@@ -1,6 +1,7 @@
 """predict.py's video mode: a video file or a camera, segmented frame by frame, saved and/or shown.
 
-An FPS overlay (exponentially smoothed) is drawn on each frame. ``--show`` needs a display and
+An FPS overlay (exponentially smoothed) is drawn on each frame. A frame is encoded into the
+output while the next one is decoded. ``--show`` needs a display and
 a GUI-enabled OpenCV; without them the run saves instead, or explains why it cannot.
 """
 
@@ -10,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -77,9 +79,15 @@ def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
     writer = None
     fps = 0.0
     progress = tqdm(total=total if total and total > 0 else None, unit="frame", file=sys.stderr)
+    # The previous frame is encoded while the next one is decoded (both single-threaded), and is
+    # finished before the forward pass, which uses every core itself.
+    encoder = ThreadPoolExecutor(1)
+    encoding: Future | None = None
     try:
         while True:
             ok, frame = capture.read()
+            if encoding is not None:
+                encoding.result()
             if not ok:
                 break
             started = time.perf_counter()
@@ -99,13 +107,14 @@ def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
                     writer = cv2.VideoWriter(save, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (width, height))
                     if not writer.isOpened():
                         raise UserError(f"cannot write video {save}: check the folder and use a .mp4 or .avi name")
-                writer.write(out)
+                encoding = encoder.submit(writer.write, out)
             if show:
                 cv2.imshow("DeepLabV3+", out)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
             progress.update(1)
     finally:
+        encoder.shutdown()
         progress.close()
         capture.release()
         if writer is not None:

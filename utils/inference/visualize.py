@@ -86,16 +86,16 @@ def mix(image: np.ndarray, mask: np.ndarray, mode: str = "blend", alpha: float =
         return colorize(mask, palette)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1; got {alpha}")
-    # Colours by a table lookup and the weighted sum by cv2.addWeighted, both on uint8 bands of rows:
-    # no float copy of the picture (about 3x faster than float32 arrays at 1080p).
-    table = _colour_table(palette).reshape(1, 256, 3)
+    # Colours by table lookups and the weighted sum by cv2.addWeighted, both on uint8 bands of rows:
+    # no float copy of the picture (about 3x faster than float32 arrays at 1080p). One single-channel
+    # lookup per colour channel is twice as fast as one 3-channel lookup of a 3-channel mask.
+    channels = [np.ascontiguousarray(column) for column in _colour_table(palette).T]
     out = np.empty(image.shape, dtype=np.uint8)
 
     step = max(1, BAND_PIXELS // max(image.shape[1], 1))
     for top in range(0, image.shape[0], step):
         rows = slice(top, top + step)
-        labels = mask[rows]
-        colour = cv2.LUT(cv2.merge((labels, labels, labels)), table)
+        colour = cv2.merge([cv2.LUT(mask[rows], table) for table in channels])
         # OpenCV spreads each call over the cores itself; a thread pool on top only added overhead.
         cv2.addWeighted(image[rows], 1.0 - alpha, colour, alpha, 0.0, dst=out[rows])
     return out

@@ -2,6 +2,9 @@
 
 Every bad value is a :class:`UserError` naming its flag; ``--demo`` settings are applied
 first (:mod:`utils.training.demo`), so the demo's defaults are validated like given flags.
+What depends on the checkpoint a run resumes from (``--resume auto`` itself, the default and
+checks of ``--freeze-epochs``) is settled by :func:`resolve_start`: at the end of validation in
+one process, after the process group exists under torchrun (rank 0 decides, every rank follows).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from nets.losses import build_criterion
 from utils.data.demo import DEMO_CLASSES
 from utils.data.io import VOC_CLASSES, read_class_names
 from utils.data.label_map import parse_label_map
-from utils.errors import UserError
+from utils.errors import UserError, parse_input_size
 from utils.training.demo import apply_demo_settings
 from utils.training.distributed import DistContext, launched_by_torchrun
 from utils.training.optim import parse_class_weights
-from utils.training.resume import resolve_resume
+from utils.training.resume import recorded_setting, resolve_resume
 
 # The original recipe's frozen phase: 50 of its 100 epochs.
 DEFAULT_FREEZE_EPOCHS = 50
+# The smallest side of a training input (--input-size, --crop-size).
+MIN_TRAIN_SIDE = 32
 
 
 def _check_crop(args: argparse.Namespace, given: set[str]) -> None:
@@ -34,14 +39,21 @@ def _check_crop(args: argparse.Namespace, given: set[str]) -> None:
         if "scale_range" in given:
             raise UserError("--scale-range applies to crop training: add --crop-size H W (or drop it)")
         return
-    if min(args.crop_size) < 32:
-        raise UserError(f"--crop-size {' '.join(map(str, args.crop_size))}: each side must be at least 32")
-    size = [args.input_size[0], args.input_size[-1]]
-    if "input_size" in given and size != list(args.crop_size):
+    if min(args.crop_size) < MIN_TRAIN_SIDE:
+        raise UserError(f"--crop-size {' '.join(map(str, args.crop_size))}: each side must be at least "
+                        f"{MIN_TRAIN_SIDE}")
+    if "input_size" in given and args.input_size != list(args.crop_size):
         raise UserError(f"--input-size {' '.join(map(str, args.input_size))} contradicts --crop-size "
                         f"{' '.join(map(str, args.crop_size))}: a crop-trained model's input size is its crop "
                         "size; drop --input-size")
     args.input_size = list(args.crop_size)
+
+
+def _raise_first_failure(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed ``(ok, message)`` check as a :class:`UserError`."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
@@ -64,19 +76,11 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
     _loss_settings(args)
     if args.num_classes < 2:
         raise UserError(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
+    args.input_size = parse_input_size(args.input_size, MIN_TRAIN_SIDE)
     _check_crop(args, given)
-    if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
-        raise UserError(f"--input-size {' '.join(map(str, args.input_size))}: give H or H W, each at least 32")
-    args.input_size = [args.input_size[0], args.input_size[-1]]
-    resolve_freeze_epochs(args)
     checks = [
         (args.epochs >= 1, f"--epochs {args.epochs}: must be at least 1"),
-        (args.freeze_epochs >= 0, f"--freeze-epochs {args.freeze_epochs}: must be 0 or more"),
-        (args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs} is greater than --epochs "
-                                            f"{args.epochs}: the frozen phase is part of the total epochs"),
         (args.batch_size >= 2, f"--batch-size {args.batch_size}: must be at least 2 (BatchNorm needs 2 images)"),
-        (args.freeze_epochs == 0 or args.freeze_batch_size >= 2,
-         f"--freeze-batch-size {args.freeze_batch_size}: must be at least 2 (BatchNorm needs 2 images)"),
         (args.lr > 0 and math.isfinite(args.lr), f"--lr {args.lr}: must be a positive number"),
         (0 <= args.momentum < 1, f"--momentum {args.momentum}: must lie in [0, 1)"),
         (args.weight_decay >= 0, f"--weight-decay {args.weight_decay}: must be 0 or more"),
@@ -85,9 +89,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
         (args.nonfinite_limit >= 1, f"--nonfinite-limit {args.nonfinite_limit}: must be at least 1"),
         (args.workers >= 0, f"--workers {args.workers}: must be 0 or more"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    _raise_first_failure(checks)
     if args.min_lr is None:
         args.min_lr = args.lr * 0.01
     if not 0 <= args.min_lr <= args.lr:
@@ -106,8 +108,15 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
                         "last.pth), or --resume PATH")
     if not launched_by_torchrun():
         # Under torchrun rank 0 decides once the process group exists (utils.training.trainer).
-        resolve_resume(args, DistContext())
+        resolve_start(args, DistContext())
     return args
+
+
+def resolve_start(args: argparse.Namespace, ctx: DistContext) -> None:
+    """Decide what the run starts from: the checkpoint to resume (rank 0's decision, broadcast), then
+    the frozen phase, whose default depends on it, so that every rank takes the same one."""
+    resolve_resume(args, ctx)
+    resolve_freeze_epochs(args)
 
 
 def _binary_classes(args: argparse.Namespace, given: set[str]) -> None:
@@ -134,16 +143,35 @@ def _loss_settings(args: argparse.Namespace) -> None:
     label_map = parse_label_map(args.label_map)
     args.label_map = None if label_map is None else label_map.spec()
 
-def resolve_freeze_epochs(args: argparse.Namespace) -> None:
-    """Fill in ``--freeze-epochs``: half the run up to 50 epochs when backbone weights are loaded, else 0.
 
-    Freezing only makes sense for trained features: an explicit frozen phase on a random
-    backbone (no ``--pretrained``, ``--weights`` or ``--resume``) is refused.
+def resolve_freeze_epochs(args: argparse.Namespace) -> None:
+    """Fill in and check ``--freeze-epochs``: by default half the run up to 50 epochs when backbone
+    weights are loaded, else 0.
+
+    A resumed run without ``--freeze-epochs`` keeps the value its checkpoint recorded.
+    ``args.resume`` must already be decided (:func:`~utils.training.resume.resolve_resume`: a
+    checkpoint or None, never ``auto``): reading ``<save-dir>/last.pth`` here instead would let
+    nodes without a shared filesystem choose different frozen phases. Freezing only makes sense for
+    trained features: an explicit frozen phase on a random backbone (no ``--pretrained``,
+    ``--weights`` or resumed checkpoint) is refused.
     """
-    resumes = bool(args.resume) and (args.resume != "auto" or (Path(args.save_dir or "") / "last.pth").is_file())
-    has_weights = bool(args.pretrained or args.weights or resumes)
+    if args.resume == "auto":
+        raise ValueError("resolve_freeze_epochs needs the resume decision: call resolve_resume first")
+    has_weights = bool(args.pretrained or args.weights or args.resume)
+    if args.freeze_epochs is None and args.resume:
+        # A resumed run keeps the phase plan it started with (its flags are recorded in the checkpoint):
+        # the default for "weights loaded" would freeze a run that began from random weights.
+        args.freeze_epochs = recorded_setting(args.resume, "freeze_epochs")
     if args.freeze_epochs is None:
         args.freeze_epochs = min(DEFAULT_FREEZE_EPOCHS, args.epochs // 2) if has_weights else 0
-    elif args.freeze_epochs > 0 and not has_weights:
-        raise UserError(f"--freeze-epochs {args.freeze_epochs} would freeze a random backbone: load backbone "
-                        "weights with --pretrained or --weights PATH, or use --freeze-epochs 0")
+    checks = [
+        (args.freeze_epochs <= 0 or has_weights,
+         f"--freeze-epochs {args.freeze_epochs} would freeze a random backbone: load backbone weights with "
+         "--pretrained or --weights PATH, or use --freeze-epochs 0"),
+        (args.freeze_epochs >= 0, f"--freeze-epochs {args.freeze_epochs}: must be 0 or more"),
+        (args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs} is greater than --epochs "
+                                            f"{args.epochs}: the frozen phase is part of the total epochs"),
+        (args.freeze_epochs == 0 or args.freeze_batch_size >= 2,
+         f"--freeze-batch-size {args.freeze_batch_size}: must be at least 2 (BatchNorm needs 2 images)"),
+    ]
+    _raise_first_failure(checks)

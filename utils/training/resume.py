@@ -3,16 +3,19 @@
 Rank 0 decides (``auto`` becomes ``<save-dir>/last.pth`` or a new run; a new run must not
 overwrite a finished one) and broadcasts the decision, so nodes without a shared filesystem
 cannot disagree. Every rank must then be able to read the chosen file; otherwise all ranks
-stop with one message naming the ranks that cannot.
+stop with one message naming the ranks that cannot. A resumed run reads the flags it started
+with back from its checkpoint (:func:`recorded_setting`).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
+from utils.checkpoint import read_weights_file
 from utils.errors import UserError
 from utils.training.distributed import DistContext
 
@@ -65,3 +68,9 @@ def resolve_resume(args: argparse.Namespace, ctx: DistContext) -> None:
         raise UserError(f"--resume {resume}: rank(s) {', '.join(map(str, unreadable))} cannot read this file. "
                         "Without a filesystem shared by every node, copy the checkpoint to the same path on "
                         "each node first")
+
+
+def recorded_setting(path: str | Path, key: str) -> Any:
+    """The value of the training flag ``key`` as the checkpoint at ``path`` recorded it (its ``config``
+    holds every flag of the run), or None for a checkpoint that does not record it."""
+    return (read_weights_file(path).get("config") or {}).get(key)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nets.deeplabv3_plus import freeze_backbone, unfreeze_backbone
+from utils.training.args import resolve_start
 from utils.training.builder import build_run
 from utils.training.demo import prepare_demo_data
 from utils.training.distributed import (
@@ -34,7 +35,6 @@ from utils.training.distributed import (
 )
 from utils.training.epoch import EpochResult, NonFiniteGuard, NonFiniteLossError, train_epoch
 from utils.training.logger import RunLogger, format_summary
-from utils.training.resume import resolve_resume
 from utils.training.schedule import describe
 from utils.training.state import RunProgress, load_resume, save_epoch, save_interrupted
 from utils.training.stop import StopRequest, resume_command
@@ -171,7 +171,7 @@ def run_training(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     try:
         if launched_by_torchrun():
-            resolve_resume(args, ctx)
+            resolve_start(args, ctx)
         prepare_demo_data(args, ctx)
         return Trainer(args, ctx).fit()
     finally:
