@@ -15,14 +15,21 @@ ours / original, the share of the full path that is not the forward pass (the mo
 timed inside each run), the share of mask pixels where ours and the original differ, and the
 peak RSS of one full path in a fresh process (``--no-rss`` skips it).
 
+Then (``--folder N``, default 12; 0 skips) a folder of N photos of ``--folder-size`` (default
+1920x1080, a video frame): the original's loop against ``predict.py``'s own folder loop
+(:func:`utils.inference.app.predict_jobs`, batch 4), ms per photo and the share not in the forward pass.
+
 Run: ``.venv/bin/python -m bench.bench_predict [--rounds 3] [--sizes 500x375 1920x1080]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +47,9 @@ from PIL import Image
 from bench.common import machine_description
 from nets.deeplabv3_plus import BACKBONES, DeepLab
 from utils.data.io import load_image, voc_palette
-from utils.inference.outputs import write_image
+from utils.inference.app import predict_jobs
+from utils.inference.inputs import find_images
+from utils.inference.outputs import Run, write_image
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette, mix
 
@@ -56,9 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="mobilenet", choices=BACKBONES)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--folder", type=int, default=12, metavar="N",
+                        help="also time predict.py's folder loop on N photos of --folder-size (0 skips; "
+                             "default: %(default)s)")
+    parser.add_argument("--folder-size", default="1920x1080", metavar="WxH", help="default: %(default)s")
     parser.add_argument("--rss-case", nargs=2, metavar=("METHOD", "WxH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sizes = [parse_size(text) for text in args.sizes]
+    args.folder_size = parse_size(args.folder_size)
     return args
 
 
@@ -98,8 +112,9 @@ class SceneModel(torch.nn.Module):
 class Stopwatch:
     """Wraps a callable and adds up the seconds spent in it (the forward pass inside a full path)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], predictor: Predictor | None = None) -> None:
         self.fn, self.seconds = fn, 0.0
+        self.predictor = predictor  # the Predictor whose forward pass this is (ours)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
@@ -156,10 +171,52 @@ def methods(model: torch.nn.Module, only: str | None = None
         if only not in (None, name):
             continue
         predictor = precisions[name] or Predictor(model, config, "cpu", batch_size=1, precision="fp32")
-        watch = Stopwatch(predictor.backend)
+        watch = Stopwatch(predictor.backend, predictor)
         predictor.backend = watch
         out[name] = (watch, lambda s, t, p=predictor: ours_full_path(p, s, t, palette))
     return out
+
+
+def _quietly(fn: Callable[..., None], *args: object) -> None:
+    """``fn(*args)`` with stderr (predict.py's progress bar) kept out of the tables."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        fn(*args)
+
+
+def folder_rows(candidates: dict[str, tuple[Stopwatch, Callable[[Path, Path], np.ndarray]]], count: int,
+                size: tuple[int, int], rounds: int) -> list[tuple[str, float, float]]:
+    """(method, ms per photo, share not in the forward pass) over a folder of ``count`` photos: the
+    original's loop of ``detect_image`` + save, and ours through ``predict.py``'s own folder loop
+    (:func:`utils.inference.app.predict_jobs`, default batch size 4), which decodes the next photos
+    while the last results are encoded. Best of ``rounds`` after a warm-up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, out = Path(tmp) / "in", Path(tmp) / "out"
+        folder.mkdir()
+        test_photo(folder / "0.jpg", size[1], size[0])
+        for index in range(1, count):
+            shutil.copy(folder / "0.jpg", folder / f"{index}.jpg")
+        jobs, _ = find_images([str(folder)], out)
+        flags = argparse.Namespace(out=str(out), save_prob=False, tta=False, mix="blend", alpha=0.7,
+                                   save_mask=False, count=False)
+        runs: dict[str, Callable[[], None]] = {"original": lambda: [
+            candidates["original"][1](job.source, out / job.relative) for job in jobs]}
+        for name, (watch, _) in candidates.items():
+            if name != "original":
+                predictor = watch.predictor
+                predictor.batch_size = 4
+                runs[name] = lambda p=predictor: _quietly(predict_jobs, jobs, p, flags, Run())
+        best: dict[str, tuple[float, float]] = {}
+        out.mkdir()
+        for round_index in range(rounds + 1):
+            for name, run in runs.items():
+                watch = candidates[name][0]
+                watch.seconds = 0.0
+                start = time.perf_counter()
+                run()
+                total = time.perf_counter() - start
+                if round_index and (name not in best or total < best[name][0]):
+                    best[name] = (total, watch.seconds)
+    return [(name, total / count * 1e3, 1 - forward / total) for name, (total, forward) in best.items()]
 
 
 def peak_rss(method: str, size: tuple[int, int], args: argparse.Namespace) -> float:
@@ -240,6 +297,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"| {size[0]}x{size[1]} | {name} | {best[0] * 1e3:.0f} | "
                   f"{statistics.median(t for t, _ in runs) * 1e3:.0f} | {best[0] / reference:.2f}x | "
                   f"{100 * share:.0f}% | {100 * differing:.2f}% | {rss} |")
+    if args.folder:
+        print(f"\n{args.folder} photos of {args.folder_size[0]}x{args.folder_size[1]} in a folder, "
+              "predict.py's loop (batch 4), best of the rounds:\n")
+        print("| method | ms per photo | vs original | not forward |")
+        print("|---|---:|---:|---:|")
+        rows = folder_rows(candidates, args.folder, args.folder_size, args.rounds)
+        reference = rows[0][1]
+        for name, ms, share in rows:
+            print(f"| {name} | {ms:.0f} | {ms / reference:.2f}x | {100 * share:.0f}% |")
     return 0
 
 
