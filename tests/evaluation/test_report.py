@@ -34,6 +34,13 @@ def test_percent_is_n_a_for_nan_and_for_the_none_of_json_rows():
     assert format_percent(1.0) == "100.00"
     assert format_percent(float("nan")) == "n/a"
     assert format_percent(None) == "n/a"
+    assert format_percent(0.5, "%") == "50.00%"
+    assert format_percent(float("nan"), "%") == "n/a"  # no "n/a%"
+
+
+def test_summary_of_an_empty_matrix_says_n_a_without_a_percent_sign():
+    summary = format_summary(compute_scores(np.zeros((3, 3), dtype=np.int64)))
+    assert "mIoU n/a " in summary and "fwIoU n/a" in summary and "n/a%" not in summary
 
 
 def test_write_report_files(tmp_path):

@@ -213,3 +213,17 @@ def test_precision_choices(predict_checkpoints, monkeypatch):
     probs = bf16.predict_proba([photo(64, 96)])[0]
     assert probs.dtype == torch.float32 and probs.shape == (3, 64, 96)
     torch.testing.assert_close(probs.sum(0), torch.ones(64, 96), atol=1e-4, rtol=0)
+
+
+def test_more_classes_than_uint8_masks_hold_are_refused_by_both_mask_paths():
+    class Backend:
+        device = torch.device("cpu")
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 257, *x.shape[2:])
+
+    predictor = Predictor(None, {"num_classes": 257, "input_size": [32, 32]}, backend=Backend())
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    for method in (predictor.predict, predictor.predict_with_prob):
+        with pytest.raises(ValueError, match="256 classes"):
+            method([image])

@@ -22,12 +22,13 @@ from utils.evaluation.plots import bar_chart, heat_map, sweep_chart
 from utils.evaluation.scores import Scores, as_numpy, nanmean
 
 
-def format_percent(value: float | None) -> str:
-    """A fraction as a percentage with two decimals (no % sign), "n/a" when undefined (NaN or None).
+def format_percent(value: float | None, sign: str = "") -> str:
+    """A fraction as a percentage with two decimals followed by ``sign`` (e.g. "%"), or "n/a" (no sign)
+    when undefined (NaN or None).
 
     None is what metrics.json rows hold for an undefined score (:func:`_json_number`).
     """
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}{sign}"
 
 
 def format_table(scores: Scores, class_names: Sequence[str]) -> str:
@@ -52,8 +53,8 @@ def format_summary(scores: Scores) -> str:
     """The one-line summary: mIoU, mPA, pixel accuracy and frequency-weighted IoU in %."""
     undefined = int(np.isnan(scores.iou).sum())
     line = (
-        f"mIoU {format_percent(scores.miou)}%  mPA {format_percent(scores.mpa)}%  "
-        f"accuracy {format_percent(scores.accuracy)}%  fwIoU {format_percent(scores.fwiou)}%"
+        f"mIoU {format_percent(scores.miou, '%')}  mPA {format_percent(scores.mpa, '%')}  "
+        f"accuracy {format_percent(scores.accuracy, '%')}  fwIoU {format_percent(scores.fwiou, '%')}"
     )
     if undefined:
         line += f"  ({undefined} class(es) absent from ground truth and prediction: n/a, not in the means)"
@@ -129,12 +130,12 @@ def write_report(
         writer.writerow(["gt \\ pred", *class_names])
         for name, row in zip(class_names, hist, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
-    bar_chart(scores.iou, class_names, f"mIoU = {format_percent(scores.miou)}%", "Intersection over Union",
+    bar_chart(scores.iou, class_names, f"mIoU = {format_percent(scores.miou, '%')}", "Intersection over Union",
                paths["miou"])
-    bar_chart(scores.recall, class_names, f"mPA = {format_percent(scores.mpa)}%", "Pixel accuracy (recall)",
+    bar_chart(scores.recall, class_names, f"mPA = {format_percent(scores.mpa, '%')}", "Pixel accuracy (recall)",
                paths["mpa"])
-    bar_chart(scores.recall, class_names, f"mRecall = {format_percent(scores.mpa)}%", "Recall", paths["recall"])
+    bar_chart(scores.recall, class_names, f"mRecall = {format_percent(scores.mpa, '%')}", "Recall", paths["recall"])
     bar_chart(scores.precision, class_names,
-               f"mPrecision = {format_percent(nanmean(scores.precision))}%", "Precision", paths["precision"])
+               f"mPrecision = {format_percent(nanmean(scores.precision), '%')}", "Precision", paths["precision"])
     heat_map(hist, class_names, paths["heatmap"])
     return paths

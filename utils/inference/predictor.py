@@ -30,7 +30,7 @@ from utils.checkpoint import DEFAULT_THRESHOLD, load_model
 from utils.data.io import default_class_names
 from utils.data.transforms import letterbox
 from utils.device import resolve_device
-from utils.errors import UserError
+from utils.errors import MIN_INPUT_SIDE, UserError
 from utils.inference.backends import OnnxBackend, TorchBackend
 from utils.inference.postprocess import average_upsampled_labels, labels_and_prob, probabilities, upsample_labels
 from utils.inference.slide import SlideOptions, default_slide, slide_predict
@@ -47,7 +47,8 @@ def _scaled_sizes(input_size: tuple[int, int], tta: bool, scales: Sequence[float
         return [input_size]
     if not scales:
         raise ValueError("tta needs at least one scale")
-    return [(max(16, round(input_size[0] * s)), max(16, round(input_size[1] * s))) for s in scales]
+    return [(max(MIN_INPUT_SIDE, round(input_size[0] * s)), max(MIN_INPUT_SIDE, round(input_size[1] * s)))
+            for s in scales]
 
 
 def _check_images(images: Sequence[np.ndarray]) -> None:
@@ -179,6 +180,12 @@ class Predictor:
             total = probs if total is None else [t.add_(p) for t, p in zip(total, probs, strict=True)]
         return total if len(sizes) == 1 else [t.div_(len(sizes)) for t in total]
 
+    def _check_masks(self, images: Sequence[np.ndarray]) -> None:
+        """ValueError for inputs that are not RGB uint8 images, or for more classes than uint8 masks hold."""
+        if self.num_classes > 256:
+            raise ValueError("uint8 masks hold at most 256 classes")
+        _check_images(images)
+
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
         """Class-index masks uint8 (H, W) at each image's original size: the argmax of :meth:`predict_proba`
@@ -188,9 +195,7 @@ class Predictor:
         With :attr:`slide` set, each image goes through :func:`~utils.inference.slide.slide_predict`
         instead of the letterbox (test-time augmentation is not available there).
         """
-        if self.num_classes > 256:
-            raise ValueError("uint8 masks hold at most 256 classes")
-        _check_images(images)
+        self._check_masks(images)
         if self.slide is not None:
             if tta:
                 raise ValueError("test-time augmentation is not available with sliding windows")
@@ -218,10 +223,10 @@ class Predictor:
         except with :attr:`slide` set: then, as in :meth:`predict`, each image goes through
         :func:`~utils.inference.slide.slide_predict`, which keeps only the (H, W) map besides the mask.
         """
+        self._check_masks(images)
         if self.slide is not None:
             if tta:
                 raise ValueError("test-time augmentation is not available with sliding windows")
-            _check_images(images)
             return [slide_predict(self, image, self.slide, with_prob=True) for image in images]
         out = []
         for image in images:
