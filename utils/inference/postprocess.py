@@ -99,13 +99,18 @@ def _disagreeing_cells(labels: np.ndarray) -> np.ndarray:
 
 
 def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, h, w) probabilities as a float32 (h, w, C) host array, a view where the memory allows
-    (channels-last network outputs are (h, w, C) in memory already, also when cropped)."""
+    """(C, h, w) probabilities as a float32 (h, w, C) host array whose C values per pixel are adjacent:
+    a view of channels-last network outputs (also when cropped), else one pixel-major copy.
+
+    Every later step reads a pixel's C values together; on channel-major maps (ONNX Runtime's
+    NCHW output) the argmax and the corner gathers would be slower than this one copy."""
     if isinstance(probs, torch.Tensor):
-        probs = probs.detach().permute(1, 2, 0).to("cpu", torch.float32).numpy()
-    else:
-        probs = probs.transpose(1, 2, 0)
-    return probs.astype(np.float32, copy=False)
+        hwc = probs.detach().permute(1, 2, 0).to("cpu", torch.float32)
+        if hwc.shape[2] > 1 and hwc.stride(2) != 1:
+            hwc = hwc.contiguous()  # torch's copy runs on all cores
+        return hwc.numpy()
+    hwc = probs.transpose(1, 2, 0).astype(np.float32, copy=False)
+    return hwc if hwc.shape[2] == 1 or hwc.strides[2] == hwc.itemsize else np.ascontiguousarray(hwc)
 
 
 def _on_all_cores(work: Callable[[slice], None], total: int, least: int, most: int) -> None:
