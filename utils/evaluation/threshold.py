@@ -126,8 +126,7 @@ def sweep_rows(sweep: ThresholdSweep) -> list[dict[str, float | None]]:
 def format_binary(summary: dict[str, float | None]) -> str:
     """One line: the threshold and the foreground scores in %."""
     def pct(key: str) -> str:
-        text = format_percent(summary[key])
-        return text if text == "n/a" else f"{text}%"
+        return format_percent(summary[key], "%")
 
     threshold = summary["threshold"]
     at = "unknown threshold" if threshold is None else f"threshold {threshold:g}"
