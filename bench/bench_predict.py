@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import predict as predict_cli
 from bench.common import machine_description
 from nets.deeplabv3_plus import BACKBONES, DeepLab
 from utils.data.io import load_image, voc_palette
@@ -187,7 +188,7 @@ def folder_rows(candidates: dict[str, tuple[Stopwatch, Callable[[Path, Path], np
                 size: tuple[int, int], rounds: int) -> list[tuple[str, float, float]]:
     """(method, ms per photo, share not in the forward pass) over a folder of ``count`` photos: the
     original's loop of ``detect_image`` + save, and ours through ``predict.py``'s own folder loop
-    (:func:`utils.inference.app.predict_jobs`, default batch size 4), which decodes the next photos
+    (:func:`utils.inference.app.predict_jobs`, with predict.py's default flags), which decodes the next photos
     while the last results are encoded. Best of ``rounds`` after a warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
         folder, out = Path(tmp) / "in", Path(tmp) / "out"
@@ -195,15 +196,14 @@ def folder_rows(candidates: dict[str, tuple[Stopwatch, Callable[[Path, Path], np
         test_photo(folder / "0.jpg", size[1], size[0])
         for index in range(1, count):
             shutil.copy(folder / "0.jpg", folder / f"{index}.jpg")
-        jobs, _ = find_images([str(folder)], out)
-        flags = argparse.Namespace(out=str(out), save_prob=False, tta=False, mix="blend", alpha=0.7,
-                                   save_mask=False, count=False)
+        flags = predict_cli.parse_args([str(folder), "--out", str(out)])  # predict.py's own defaults
+        jobs, _ = find_images(flags.inputs, out)
         runs: dict[str, Callable[[], None]] = {"original": lambda: [
             candidates["original"][1](job.source, out / job.relative) for job in jobs]}
         for name, (watch, _) in candidates.items():
             if name != "original":
                 predictor = watch.predictor
-                predictor.batch_size = 4
+                predictor.batch_size = flags.batch_size
                 runs[name] = lambda p=predictor: _quietly(predict_jobs, jobs, p, flags, Run())
         best: dict[str, tuple[float, float]] = {}
         out.mkdir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,11 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return _atomic_write(Path(dst), write)
 
 
-def read_weights_file(path: str | Path) -> dict[str, Any]:
+def read_weights_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint or state dict with ``weights_only=True`` onto the CPU.
+
+    With ``mmap`` the tensors of a (zip-format) file are mapped instead of read, for callers that
+    only look at its small entries, such as the config.
 
     Raises:
         UserError: the file does not exist, or is not a PyTorch checkpoint (corrupt,
@@ -87,7 +91,7 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"weights file not found: {path}. Check the path given to --weights.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # pickle, zip and EOF errors all mean "not a usable checkpoint"
         raise UserError(
             f"{path} is not a PyTorch checkpoint, or it is truncated or corrupt ({type(exc).__name__}). "

@@ -2,9 +2,9 @@
 
 This is what ``get_miou.py`` runs, and :func:`iterate_predictions` is also the loop of the
 evaluation during training. Predictions go through :class:`utils.inference.predictor.Predictor`
-(the same pipeline as ``predict.py``) at each image's original resolution. Images are read one
-batch ahead in a thread and PNGs are written in another, so decoding and encoding overlap the
-forward pass.
+(the same pipeline as ``predict.py``) at each image's original resolution. The next batch is
+read in a thread while this one's masks are scored and written, and PNGs are written in another
+thread.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from utils.errors import UserError
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.folders import score_folders
 from utils.evaluation.threshold import ThresholdSweep
+from utils.inference.pipeline import read_ahead
 from utils.inference.predictor import Predictor
 
 
@@ -53,22 +54,6 @@ def _split_images(root: Path, split: str) -> tuple[list[str], list[Path]]:
     return stems, [images[stem] for stem in stems]
 
 
-def _batches(items: Sequence, size: int) -> list[Sequence]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
-
-
-def _prefetch(load: Callable[[int], object], batches: list[Sequence[int]], pool: ThreadPoolExecutor):
-    """Yield ``[load(i) for i in batch]`` per batch, reading the next batch while this one is used."""
-    if not batches:
-        return
-    pending = pool.submit(lambda b: [load(i) for i in b], batches[0])
-    for following in [*batches[1:], None]:
-        current = pending.result()
-        if following is not None:
-            pending = pool.submit(lambda b: [load(i) for i in b], following)
-        yield current
-
-
 def iterate_predictions(
     predictor: Predictor,
     load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
@@ -81,20 +66,23 @@ def iterate_predictions(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray, torch.Tensor | None]]:
     """Yield ``(index, image, label, mask, prob)`` for each index, predicting a batch at a time.
 
-    ``load(index)`` returns ``(image, label or None)``; the next batch is read in a thread
-    while the current one runs through the network. Masks are at each image's original size.
+    ``load(index)`` returns ``(image, label or None)``; the next batch is read in a thread while
+    the results of this one are used (:func:`utils.inference.pipeline.read_ahead`). Masks are at
+    each image's original size.
     ``prob`` is None unless ``with_prob``: then the probability map of
     :meth:`~utils.inference.predictor.Predictor.predict_with_prob` (on the predictor's device).
     """
-    batches = _batches(list(indices), predictor.batch_size)
-    with ThreadPoolExecutor(1) as reader, \
-            tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
-        for batch, pairs in zip(batches, _prefetch(load, batches, reader), strict=True):
-            images = [image for image, _ in pairs]
-            if with_prob:
-                results = predictor.predict_with_prob(images, tta=tta, scales=scales)
-            else:
-                results = [(mask, None) for mask in predictor.predict(images, tta=tta, scales=scales)]
+    def read(batch: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        return [load(i) for i in batch]
+
+    def segment(pairs: list[tuple[np.ndarray, np.ndarray | None]]) -> list[tuple[np.ndarray, torch.Tensor | None]]:
+        images = [image for image, _ in pairs]
+        if with_prob:
+            return predictor.predict_with_prob(images, tta=tta, scales=scales)
+        return [(mask, None) for mask in predictor.predict(images, tta=tta, scales=scales)]
+
+    with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
+        for batch, pairs, results in read_ahead(list(indices), predictor.batch_size, read, segment):
             for index, (image, label), (mask, prob) in zip(batch, pairs, results, strict=True):
                 yield index, image, label, mask, prob
             bar.update(len(batch))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from utils.errors import UserError
 from utils.inference.inputs import Job, find_images
 from utils.inference.onnx_export import export_onnx
 from utils.inference.outputs import Run, quantize_prob, save_outputs
+from utils.inference.pipeline import read_ahead
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette
 
@@ -54,9 +55,10 @@ def _read_batch(jobs: list[Job]) -> tuple[list[tuple[Job, np.ndarray]], list[str
     return batch, failures
 
 
-def _segment(images: list[np.ndarray], predictor: Predictor,
+def _segment(loaded: tuple[list[tuple[Job, np.ndarray]], list[str]], predictor: Predictor,
              args: argparse.Namespace) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(mask, probability grey levels or None) per image, as ``--save-prob`` asks."""
+    """(mask, probability grey levels or None) per image that :func:`_read_batch` read, as ``--save-prob`` asks."""
+    images = [image for _, image in loaded[0]]
     if args.save_prob:
         return [(mask, quantize_prob(prob, args.prob_bits))
                 for mask, prob in predictor.predict_with_prob(images, tta=args.tta)]
@@ -64,29 +66,19 @@ def _segment(images: list[np.ndarray], predictor: Predictor,
 
 
 def predict_jobs(jobs: list[Job], predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
-    """Segment the jobs batch by batch; unreadable images are recorded and skipped.
-
-    The next batch is decoded while this one's outputs are encoded and written: both are
-    single-threaded, so they share the cores between two forward passes instead of leaving one
-    idle (the reading never overlaps a forward pass, which uses every core itself).
-    """
+    """Segment the jobs batch by batch; unreadable images are recorded and skipped. The next batch is
+    decoded while this one's outputs are encoded and written (:func:`utils.inference.pipeline.read_ahead`)."""
     out_dir = Path(args.out)
     palette = make_palette(predictor.num_classes)
     progress = tqdm(total=len(jobs), unit="img", disable=len(jobs) < 2, file=sys.stderr)
-    with ThreadPoolExecutor(1) as reader:
-        pending = reader.submit(_read_batch, jobs[:predictor.batch_size])
-        for start in range(0, len(jobs), predictor.batch_size):
-            batch, failures = pending.result()
-            run.failures += failures
-            progress.update(len(failures))
-            results = _segment([image for _, image in batch], predictor, args) if batch else []
-            following = jobs[start + predictor.batch_size:start + 2 * predictor.batch_size]
-            if following:
-                pending = reader.submit(_read_batch, following)
-            for (job, image), (mask, prob) in zip(batch, results, strict=True):
-                save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run, prob)
-                run.segmented += 1
-                progress.update(1)
+    segment = partial(_segment, predictor=predictor, args=args)
+    for _, (batch, failures), results in read_ahead(jobs, predictor.batch_size, _read_batch, segment):
+        run.failures += failures
+        progress.update(len(failures))
+        for (job, image), (mask, prob) in zip(batch, results, strict=True):
+            save_outputs(image, mask, job.source, out_dir / job.relative, args, predictor, palette, run, prob)
+            run.segmented += 1
+            progress.update(1)
     progress.close()
 
 

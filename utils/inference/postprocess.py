@@ -98,19 +98,26 @@ def _disagreeing_cells(labels: np.ndarray) -> np.ndarray:
     return down[:, :w] | down[:, 1:] | right[:h] | right[1:]
 
 
+def _pixel_major(hwc: np.ndarray) -> bool:
+    """Whether each pixel's C values are adjacent and rows are a whole number of pixels apart, as in
+    channels-last network outputs, also when cropped (what :class:`_PixelTable` reads)."""
+    pixel = hwc.strides[1]
+    return (hwc.shape[2] == 1 or hwc.strides[2] == hwc.itemsize) and pixel == hwc.shape[2] * hwc.itemsize \
+        and hwc.strides[0] % pixel == 0 and hwc.strides[0] >= hwc.shape[1] * pixel
+
+
 def _as_hwc(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, h, w) probabilities as a float32 (h, w, C) host array whose C values per pixel are adjacent:
-    a view of channels-last network outputs (also when cropped), else one pixel-major copy.
+    """(C, h, w) probabilities as a float32 (h, w, C) host array laid out pixel-major (:func:`_pixel_major`):
+    a view of channels-last network outputs, else one pixel-major copy.
 
     Every later step reads a pixel's C values together; on channel-major maps (ONNX Runtime's
     NCHW output) the argmax and the corner gathers would be slower than this one copy."""
     if isinstance(probs, torch.Tensor):
         hwc = probs.detach().permute(1, 2, 0).to("cpu", torch.float32)
-        if hwc.shape[2] > 1 and hwc.stride(2) != 1:
-            hwc = hwc.contiguous()  # torch's copy runs on all cores
-        return hwc.numpy()
+        view = hwc.numpy()
+        return view if _pixel_major(view) else hwc.contiguous().numpy()  # torch's copy runs on all cores
     hwc = probs.transpose(1, 2, 0).astype(np.float32, copy=False)
-    return hwc if hwc.shape[2] == 1 or hwc.strides[2] == hwc.itemsize else np.ascontiguousarray(hwc)
+    return hwc if _pixel_major(hwc) else np.ascontiguousarray(hwc)
 
 
 def _on_all_cores(work: Callable[[slice], None], total: int, least: int, most: int) -> None:
@@ -205,21 +212,17 @@ def upsample_labels(scores: torch.Tensor | np.ndarray, size: tuple[int, int], th
 class _PixelTable:
     """The (h, w, C) map as a table of pixel rows, for gathering the C values of many pixels at once.
 
-    Network outputs are cropped views whose pixels are C contiguous floats with a fixed row
-    pitch; a strided 2-D view over them (pixel ``(i, j)`` at row ``i * pitch + j``) is gathered with
-    one ``take`` instead of a copy of the map or a slower 2-D fancy index.
+    ``hwc`` is pixel-major (:func:`_as_hwc` makes it so): pixels of C contiguous floats with a fixed
+    row pitch, so a strided 2-D view over them (pixel ``(i, j)`` at row ``i * pitch + j``) is gathered
+    with one ``take`` instead of a copy of the map or a slower 2-D fancy index.
     """
 
     def __init__(self, hwc: np.ndarray) -> None:
         h, w, channels = hwc.shape
-        item = hwc.itemsize
-        pixel, row = hwc.strides[1], hwc.strides[0]
-        if not (hwc.strides[2] == item and pixel == channels * item and row % pixel == 0 and row >= w * pixel):
-            hwc = np.ascontiguousarray(hwc)
-            pixel, row = hwc.strides[1], hwc.strides[0]
-        self.pitch = row // pixel
-        self.table = np.lib.stride_tricks.as_strided(hwc, ((h - 1) * self.pitch + w, channels), (pixel, item),
-                                                     writeable=False)
+        pixel = hwc.strides[1]
+        self.pitch = hwc.strides[0] // pixel
+        self.table = np.lib.stride_tricks.as_strided(hwc, ((h - 1) * self.pitch + w, channels),
+                                                     (pixel, hwc.itemsize), writeable=False)
         self.height, self.width = h, w
 
     def gather(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:

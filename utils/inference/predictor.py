@@ -180,11 +180,14 @@ class Predictor:
             total = probs if total is None else [t.add_(p) for t, p in zip(total, probs, strict=True)]
         return total if len(sizes) == 1 else [t.div_(len(sizes)) for t in total]
 
-    def _check_masks(self, images: Sequence[np.ndarray]) -> None:
-        """ValueError for inputs that are not RGB uint8 images, or for more classes than uint8 masks hold."""
+    def _check_masks(self, images: Sequence[np.ndarray], tta: bool) -> None:
+        """ValueError for inputs that are not RGB uint8 images, for more classes than uint8 masks hold,
+        or for test-time augmentation under sliding windows."""
         if self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
         _check_images(images)
+        if tta and self.slide is not None:
+            raise ValueError("test-time augmentation is not available with sliding windows")
 
     def predict(self, images: Sequence[np.ndarray], tta: bool = False,
                 scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True) -> list[np.ndarray]:
@@ -195,10 +198,8 @@ class Predictor:
         With :attr:`slide` set, each image goes through :func:`~utils.inference.slide.slide_predict`
         instead of the letterbox (test-time augmentation is not available there).
         """
-        self._check_masks(images)
+        self._check_masks(images, tta)
         if self.slide is not None:
-            if tta:
-                raise ValueError("test-time augmentation is not available with sliding windows")
             return [slide_predict(self, image, self.slide) for image in images]
         sizes = _scaled_sizes(self.input_size, tta, scales)
         # One plain forward: upsample_labels takes the logits and softmaxes only where classes meet.
@@ -223,10 +224,8 @@ class Predictor:
         except with :attr:`slide` set: then, as in :meth:`predict`, each image goes through
         :func:`~utils.inference.slide.slide_predict`, which keeps only the (H, W) map besides the mask.
         """
-        self._check_masks(images)
+        self._check_masks(images, tta)
         if self.slide is not None:
-            if tta:
-                raise ValueError("test-time augmentation is not available with sliding windows")
             return [slide_predict(self, image, self.slide, with_prob=True) for image in images]
         out = []
         for image in images:

@@ -171,15 +171,13 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
             parts.optimizer.zero_grad(set_to_none=True)
             return EpochResult(loss_sum / max(seen, 1), seen, index, lr, rng_before)
         finite = guard.check(value, epoch, index)
-        stepped = finite and not found_inf
-        if stepped:
+        if finite and not found_inf:
             parts.optimizer.step()
-        parts.scaler.update()  # a no-op without AMP
-        if stepped:
             parts.scheduler.step()
         else:
             # The schedule counts iterations; LambdaLR warns when stepped before the optimizer.
             step_quietly(parts.scheduler)
+        parts.scaler.update()  # a no-op without AMP
         if finite:
             seen += images.shape[0] * ctx.world_size
             loss_sum += value * images.shape[0] * ctx.world_size
