@@ -8,6 +8,8 @@
 - :mod:`~utils.inference.fuse`: BatchNorm folding.
 - :mod:`~utils.inference.onnx_export`: ONNX export with verification, the ONNX Runtime session.
 - :mod:`~utils.inference.visualize`: palettes, mix modes, class counts, index PNGs.
+- :mod:`~utils.inference.pipeline`: the batch loop of predict.py's folders and get_miou.py's splits
+  (the next batch is read while the last results are written).
 - predict.py's application: :mod:`~utils.inference.inputs` (finding images, output paths),
   :mod:`~utils.inference.outputs` (writing results, counts), :mod:`~utils.inference.video`,
   :mod:`~utils.inference.benchmark` (``--fps``), :mod:`~utils.inference.app` (predictor, batches,
