@@ -7,6 +7,11 @@ target size when they differ. No loss reads a value on the host: ignored pixels 
 multiplication and empty denominators are replaced on the device, so a batch whose pixels are all
 ignored gives exactly 0 with zero gradients, and a training step adds no synchronisation.
 
+Every loss is called ``fn(logits, target, *, ...)``: its options are keyword-only and named alike
+everywhere (``cls_weights``, ``ignore_index``, ``weight`` for per-pixel weights, ``alpha``, ``beta``,
+``gamma``, ``smooth``), so an option can never land in another's place. ``cls_weights`` apply to
+every term but Lovász, in both modes (a binary model's two classes are background and foreground).
+
 Modules: ``pixelwise`` (ce, bce, focal, border weights), ``region`` (dice, logdice, tversky),
 ``lovasz`` (Lovász-softmax / hinge) and ``compose`` (``"bce+dice"`` specs and the criterion).
 """

@@ -17,8 +17,10 @@ LOSSES = TERMS  # the name train.py imports for --loss
 MODES = ("multiclass", "binary")
 # Terms that exist in one mode only, with the term to use in the other.
 _WRONG_MODE = {("bce", "multiclass"): "ce", ("ce", "binary"): "bce"}
-# Per-pixel terms that --boundary-weight reweights.
-_PIXEL_TERMS = ("ce", "bce")
+# Per-pixel terms, the ones --boundary-weight reweights (they take a per-pixel ``weight``).
+_PIXEL_TERMS = ("ce", "bce", "focal")
+# The pixel-wise term of each mode, suggested when --boundary-weight has none to reweight.
+_PIXEL_TERM_OF_MODE = {"multiclass": "ce", "binary": "bce"}
 
 
 def parse_loss(spec: str) -> list[tuple[float, str]]:
@@ -47,13 +49,25 @@ def parse_loss(spec: str) -> list[tuple[float, str]]:
     return terms
 
 
+def _format_spec(terms: list[tuple[float, str]]) -> str:
+    """The spec text of parsed terms, e.g. ``"ce+0.5*lovasz"`` (the inverse of :func:`parse_loss`)."""
+    return "+".join(name if factor == 1 else f"{factor:g}*{name}" for factor, name in terms)
+
+
 class Criterion:
     """``criterion(logits, target)``: the weighted sum of the parsed terms, for the given mode."""
 
     def __init__(self, terms: list[tuple[float, str]], mode: str, fns: dict[str, Callable[..., torch.Tensor]],
                  ignore_index: int, boundary_weight: bool):
+        if boundary_weight and all(name not in _PIXEL_TERMS for _, name in terms):
+            # Border weights multiply per-pixel losses; a region or Lovász term has no pixels to weight,
+            # and accepting the flag there would train without it while the run records it as on.
+            spec = _format_spec(terms)
+            raise ValueError(f"boundary_weight reweights the pixel-wise terms ({', '.join(_PIXEL_TERMS)}); loss "
+                             f"{spec!r} has none: add one, as in {spec}+{_PIXEL_TERM_OF_MODE.get(mode, 'ce')}, "
+                             "or drop --boundary-weight")
         self.terms, self.mode, self.ignore_index = terms, mode, ignore_index
-        self.boundary_weight = boundary_weight and any(name in _PIXEL_TERMS for _, name in terms)
+        self.boundary_weight = boundary_weight
         self._fns = fns
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,8 +88,7 @@ class Criterion:
         return total
 
     def __repr__(self) -> str:
-        spec = " + ".join(name if factor == 1 else f"{factor:g}*{name}" for factor, name in self.terms)
-        return f"Criterion({spec!r}, mode={self.mode!r}, boundary_weight={self.boundary_weight})"
+        return f"Criterion({_format_spec(self.terms)!r}, mode={self.mode!r}, boundary_weight={self.boundary_weight})"
 
 
 def build_criterion(spec: str = "ce", mode: str = "multiclass", cls_weights: torch.Tensor | None = None,
@@ -84,11 +97,13 @@ def build_criterion(spec: str = "ce", mode: str = "multiclass", cls_weights: tor
     """Return ``criterion(logits, target)`` for a loss ``spec`` (see :func:`parse_loss`).
 
     ``mode`` is ``multiclass`` (softmax, C >= 2 channels) or ``binary`` (sigmoid, one channel; 2 class
-    weights: background, foreground). ``cls_weights`` apply to ce, focal, bce, dice, logdice and tversky,
-    not to lovasz; binary dice, logdice and tversky score the foreground alone, so they ignore them.
-    ``boundary_weight`` weights the ce/bce terms by :func:`boundary_weights` with a window
-    from :func:`boundary_kernel_size` of the target's height. ``dice=True`` adds a ``dice`` term (the
-    older ``--loss focal --dice``).
+    weights: background, foreground). ``cls_weights`` apply to ce, focal, bce, dice, logdice and tversky
+    in both modes, not to lovasz. Binary dice, logdice and tversky score the foreground alone without
+    class weights and the weighted mean of the background and foreground scores with them (see
+    :mod:`nets.losses.region`). ``boundary_weight`` weights the pixel-wise terms (ce, bce, focal) by
+    :func:`boundary_weights` with a window from :func:`boundary_kernel_size` of the target's height;
+    a spec without any of them raises ValueError. ``dice=True`` adds a ``dice`` term (the older
+    ``--loss focal --dice``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")

@@ -6,7 +6,9 @@ shift the Jaccard gradient of the valid pixels. Class weights do not apply: the 
 per-class IoU surrogate averaged over the classes present. Classes are sorted a group at a time,
 so the sort's work arrays (errors, their int64 order, the sorted copies) hold at most about
 ``SORT_ELEMENTS`` values whatever the batch and class count; the groups are a short Python loop
-over slices of classes and never read values on the host.
+over slices of classes and never read values on the host. Like every loss here, ``lovasz_loss``
+takes ``(logits, target)`` and then keyword-only options (``ignore_index`` alone: no
+``cls_weights``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _lovasz_rows(errors: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor)
     return (errors_sorted * _lovasz_jaccard_grad(truth.gather(1, order))).sum(dim=1)
 
 
-def lovasz_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def lovasz_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = 255) -> torch.Tensor:
     """Lovász-softmax (mean over the classes present in the batch's valid pixels) for ``(N, C, H, W)``
     logits, or the Lovász hinge on the raw logit for ``(N, 1, H, W)``; 0 when every pixel is ignored."""
     logits, target, valid = prepare(logits, target, ignore_index)

@@ -2,7 +2,9 @@
 
 Each loss is a weighted mean over the non-ignored pixels: a pixel's weight is its class weight
 times an optional per-pixel ``weight`` (e.g. :func:`boundary_weights`), and the weighted sum is
-divided by the sum of the weights. C == 1 logits are a binary model read through a sigmoid.
+divided by the sum of the weights. C == 1 logits are a binary model read through a sigmoid, whose
+two classes are background (0) and foreground (1). Every loss takes ``(logits, target)`` and then
+keyword-only options, named alike in every module: ``cls_weights``, ``ignore_index``, ``weight``.
 """
 
 from __future__ import annotations
@@ -22,45 +24,55 @@ def _pixel_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target, reduction="none")
 
 
-def _weighted_mean_nll(logits: torch.Tensor, target: torch.Tensor, cls_weights: torch.Tensor | None,
-                       ignore_index: int, weight: torch.Tensor | None) -> torch.Tensor:
-    logits, target, valid = prepare(logits, target, ignore_index)
+def _pixel_weights(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cls_weights: torch.Tensor | None,
+                   weight: torch.Tensor | None) -> torch.Tensor:
+    """``valid * cls_weights[target] * weight``, ``(N, H, W)``: what each pixel counts for in the mean."""
     w = class_weights_per_pixel(cls_weights, target, valid, max(logits.shape[1], 2))
-    if weight is not None:
-        w = w * weight.to(w)
-    return safe_div((w * _pixel_nll(logits, target)).sum(), w.sum())
+    if weight is None:
+        return w
+    if weight.shape != target.shape:
+        # Broadcasting would silently accept e.g. an (H, W) map for a whole batch of another size.
+        raise ValueError(f"weight must have the target's shape {tuple(target.shape)} (one value per pixel); "
+                         f"got {tuple(weight.shape)}")
+    return w * weight.to(w)
 
 
-def ce_loss(logits: torch.Tensor, target: torch.Tensor, cls_weights: torch.Tensor | None = None,
-            ignore_index: int = 255, *, weight: torch.Tensor | None = None) -> torch.Tensor:
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, *, cls_weights: torch.Tensor | None = None,
+            ignore_index: int = 255, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-class cross-entropy: the mean over non-ignored pixels, weighted by ``cls_weights[target]``
     and by the per-pixel ``weight`` ``(N, H, W)`` when given (sum of ``w * loss`` over sum of ``w``)."""
     if is_binary(logits):
         raise ValueError("ce_loss needs logits with at least 2 channels; use bce_loss for a one-channel (binary) model")
-    return _weighted_mean_nll(logits, target, cls_weights, ignore_index, weight)
+    logits, target, valid = prepare(logits, target, ignore_index)
+    w = _pixel_weights(logits, target, valid, cls_weights, weight)
+    return safe_div((w * _pixel_nll(logits, target)).sum(), w.sum())
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, weight: torch.Tensor | None = None,
-             *, cls_weights: torch.Tensor | None = None) -> torch.Tensor:
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, *, cls_weights: torch.Tensor | None = None,
+             ignore_index: int = 255, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of ``(N, 1, H, W)`` logits against a ``(N, H, W)`` target in {0, 1, ignore_index}:
     the mean over non-ignored pixels, weighted like :func:`ce_loss` (``cls_weights`` = background, foreground)."""
     if not is_binary(logits):
         raise ValueError(f"bce_loss needs one-channel logits (N, 1, H, W); got {logits.shape[1]} channels, "
                          "use ce_loss for a multi-class model")
-    return _weighted_mean_nll(logits, target, cls_weights, ignore_index, weight)
+    logits, target, valid = prepare(logits, target, ignore_index)
+    w = _pixel_weights(logits, target, valid, cls_weights, weight)
+    return safe_div((w * _pixel_nll(logits, target)).sum(), w.sum())
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, cls_weights: torch.Tensor | None = None,
-               ignore_index: int = 255, alpha: float = 0.5, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss ``alpha * w[t] * (1 - p_t)**gamma * -log p_t`` summed over valid pixels and divided by the
-    sum of ``w[t]`` (``w = 1`` without class weights).
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, cls_weights: torch.Tensor | None = None,
+               ignore_index: int = 255, weight: torch.Tensor | None = None, alpha: float = 0.5,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss ``alpha * w * (1 - p_t)**gamma * -log p_t`` summed over valid pixels and divided by the
+    sum of ``w``, where ``w = cls_weights[t] * weight`` (each factor 1 when not given; ``weight`` is a
+    per-pixel ``(N, H, W)`` map such as :func:`boundary_weights`).
 
     ``p_t`` is the softmax probability of the true class, or for one channel the sigmoid probability of
     the true side. ``alpha`` is a constant factor in both cases (class balance is what ``cls_weights``
     is for), so a binary logit ``x`` gives the same loss as the two-class logits ``(0, x)``.
     """
     logits, target, valid = prepare(logits, target, ignore_index)
-    w = class_weights_per_pixel(cls_weights, target, valid, max(logits.shape[1], 2))
+    w = _pixel_weights(logits, target, valid, cls_weights, weight)
     nll = _pixel_nll(logits, target)
     modulation = (1.0 - torch.exp(-nll)).pow(gamma)
     return safe_div((alpha * w * modulation * nll).sum(), w.sum())

@@ -65,48 +65,55 @@ def ref_nll_mean(logits, target, cls_weights=None, pixel_weights=None):
     return num / den if den else torch.tensor(0.0, dtype=torch.float64)
 
 
-def ref_focal(logits, target, cls_weights=None, alpha=0.5, gamma=2.0):
+def ref_focal(logits, target, cls_weights=None, alpha=0.5, gamma=2.0, pixel_weights=None):
+    """sum(alpha * w * (1 - p_t)^gamma * -log p_t) / sum(w), w = class weight times pixel weight."""
     num, den = 0.0, 0.0
     for n, i, j, t in _pixels(target):
-        w = 1.0 if cls_weights is None else float(cls_weights[t])
+        w = (1.0 if cls_weights is None else float(cls_weights[t])) * (
+            1.0 if pixel_weights is None else float(pixel_weights[n, i, j]))
         p = _p_true(logits, n, i, j, t)
         num = num + alpha * w * (1 - p) ** gamma * -torch.log(p)
         den += w
     return num / den
 
 
-def _ref_counts(logits, target):
-    """Soft tp, fp, fn per class (binary: the foreground only) summed over valid pixels."""
-    k = logits.shape[1]
+def _ref_counts(logits, target, both_classes=False):
+    """Soft tp, fp, fn per class summed over valid pixels. Binary: the foreground only, or with
+    both_classes the background (probability 1 - p) and then the foreground."""
+    binary = logits.shape[1] == 1
+    labels = ([0, 1] if both_classes else [1]) if binary else list(range(logits.shape[1]))
+    k = len(labels)
     tp, fp, fn = [0.0] * k, [0.0] * k, [0.0] * k
     for n, i, j, t in _pixels(target):
         probs = _probs(logits, n, i, j)
+        if binary and both_classes:
+            probs = [1 - probs[0], probs[0]]
         for c in range(k):
-            truth = float(t == (1 if k == 1 else c))
+            truth = float(t == labels[c])
             tp[c] = tp[c] + probs[c] * truth
             fp[c] = fp[c] + probs[c] * (1 - truth)
             fn[c] = fn[c] + (1 - probs[c]) * truth
     return tp, fp, fn
 
 
-def _mean(scores, cls_weights, binary):
-    if cls_weights is None or binary:
+def _mean(scores, cls_weights):
+    if cls_weights is None:
         return sum(scores) / len(scores)
     return sum(float(w) * s for w, s in zip(cls_weights, scores, strict=True)) / float(sum(cls_weights))
 
 
 def ref_dice_score(logits, target, cls_weights=None, beta=1.0):
-    tp, fp, fn = _ref_counts(logits, target)
+    tp, fp, fn = _ref_counts(logits, target, both_classes=cls_weights is not None)
     b2 = beta * beta
     scores = [((1 + b2) * a + SMOOTH) / ((1 + b2) * a + b2 * c + b + SMOOTH) for a, b, c in zip(tp, fp, fn,
                                                                                               strict=True)]
-    return _mean(scores, cls_weights, logits.shape[1] == 1)
+    return _mean(scores, cls_weights)
 
 
 def ref_tversky(logits, target, cls_weights=None, alpha=0.5, beta=0.5):
-    tp, fp, fn = _ref_counts(logits, target)
+    tp, fp, fn = _ref_counts(logits, target, both_classes=cls_weights is not None)
     scores = [(a + SMOOTH) / (a + alpha * b + beta * c + SMOOTH) for a, b, c in zip(tp, fp, fn, strict=True)]
-    return 1 - _mean(scores, cls_weights, logits.shape[1] == 1)
+    return 1 - _mean(scores, cls_weights)
 
 
 def ref_lovasz_extension(errors, positives):
@@ -177,6 +184,7 @@ def _inputs(mode, seed=0, shape=(2, 4, 5)):
     return logits, target
 
 
+PIXEL_TERMS = ("ce", "bce", "focal")  # the terms --boundary-weight reweights
 # Every (term, mode) that exists: ce is multi-class only, bce binary only.
 TERM_MODES = [(t, m) for m in ("multiclass", "binary") for t in TERMS if (t, m) not in {("ce", "binary"),
                                                                                         ("bce", "multiclass")}]
@@ -238,7 +246,10 @@ def test_ignored_pixels_change_nothing(term, mode, ours, reference):
 @pytest.mark.parametrize("boundary", [False, True], ids=["plain", "boundary"])
 @pytest.mark.parametrize(("term", "mode"), TERM_MODES)
 def test_all_ignored_batch_gives_exactly_zero_and_zero_gradients(term, mode, boundary):
-    criterion = build_criterion(term, mode, cls_weights=_weights(mode).float(), boundary_weight=boundary)
+    spec = term
+    if boundary and term not in PIXEL_TERMS:  # border weights need a pixel-wise term to reweight
+        spec = f"{term}+{'bce' if mode == 'binary' else 'ce'}"
+    criterion = build_criterion(spec, mode, cls_weights=_weights(mode).float(), boundary_weight=boundary)
     logits = torch.randn(2, 1 if mode == "binary" else 4, 4, 6, requires_grad=True)
     loss = criterion(logits, torch.full((2, 4, 6), IGNORE))
     assert loss.item() == 0.0
@@ -332,7 +343,13 @@ def _as_two_class(logits):
     (logdice_loss, lambda x, t: logdice_loss(x, t, cls_weights=torch.tensor([0.0, 1.0]))),
     (lambda x, t: tversky_loss(x, t, alpha=0.2, beta=0.8),
      lambda x, t: tversky_loss(x, t, alpha=0.2, beta=0.8, cls_weights=torch.tensor([0.0, 1.0]))),
-], ids=["bce=ce", "focal", "dice", "logdice", "tversky"])
+    # With class weights (background, foreground) they score both classes, as the two-class model does.
+    (lambda x, t: dice_loss(x, t, cls_weights=BIN_WEIGHTS), lambda x, t: dice_loss(x, t, cls_weights=BIN_WEIGHTS)),
+    (lambda x, t: logdice_loss(x, t, cls_weights=BIN_WEIGHTS),
+     lambda x, t: logdice_loss(x, t, cls_weights=BIN_WEIGHTS)),
+    (lambda x, t: tversky_loss(x, t, alpha=0.2, beta=0.8, cls_weights=BIN_WEIGHTS),
+     lambda x, t: tversky_loss(x, t, alpha=0.2, beta=0.8, cls_weights=BIN_WEIGHTS)),
+], ids=["bce=ce", "focal", "dice", "logdice", "tversky", "dice-weighted", "logdice-weighted", "tversky-weighted"])
 def test_binary_matches_two_class_on_the_foreground(binary_fn, two_class_fn):
     logits, target = _inputs("binary", seed=6)
     got = binary_fn(logits, target)
@@ -405,20 +422,51 @@ def test_boundary_kernel_size_follows_the_survey():
         boundary_weights(torch.zeros(1, 4, 4, dtype=torch.long), 4)
 
 
-def test_criterion_boundary_weight_reweights_ce_and_bce_only():
-    for mode, spec, fn in (("multiclass", "ce", ce_loss), ("binary", "bce", bce_loss)):
-        logits, target = _inputs(mode, seed=9, shape=(2, 16, 16))
-        target[0, 4:12, 4:12] = 1
-        weights = _weights(mode)
-        k = boundary_kernel_size(16)
-        pixel = ref_boundary_weights(target, k, 4 if mode == "multiclass" else 2)
-        assert set(pixel.unique().tolist()) == {1.0, 3.0}
-        got = build_criterion(spec, mode, cls_weights=weights, boundary_weight=True)(logits, target)
-        assert got.item() == pytest.approx(ref_nll_mean(logits, target, weights, pixel).item(), rel=1e-9)
-        assert got.item() != pytest.approx(fn(logits, target, cls_weights=weights).item(), rel=1e-6)
-    logits, target = _inputs("multiclass", seed=9)
-    focal = build_criterion("focal", boundary_weight=True)(logits, target)
-    assert focal.item() == pytest.approx(focal_loss(logits, target).item(), rel=1e-12)
+@pytest.mark.parametrize(("spec", "mode", "fn", "reference"), [
+    ("ce", "multiclass", ce_loss, ref_nll_mean),
+    ("bce", "binary", bce_loss, ref_nll_mean),
+    ("focal", "multiclass", focal_loss, ref_focal),
+    ("focal", "binary", focal_loss, ref_focal),
+], ids=["ce", "bce", "focal-multiclass", "focal-binary"])
+def test_criterion_boundary_weight_reweights_every_pixel_term(spec, mode, fn, reference):
+    logits, target = _inputs(mode, seed=9, shape=(2, 16, 16))
+    target[0, 4:12, 4:12] = 1
+    weights = _weights(mode)
+    pixel = ref_boundary_weights(target, boundary_kernel_size(16), 4 if mode == "multiclass" else 2)
+    assert set(pixel.unique().tolist()) == {1.0, 3.0}
+    got = build_criterion(spec, mode, cls_weights=weights, boundary_weight=True)(logits, target)
+    expected = reference(logits, target, weights, pixel_weights=pixel)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert got.item() != pytest.approx(fn(logits, target, cls_weights=weights).item(), rel=1e-6)
+
+
+def test_criterion_boundary_weight_leaves_region_terms_alone():
+    logits, target = _inputs("multiclass", seed=9, shape=(2, 16, 16))
+    target[0, 4:12, 4:12] = 1
+    pixel = ref_boundary_weights(target, boundary_kernel_size(16), 4)
+    got = build_criterion("dice+focal", boundary_weight=True, cls_weights=MC_WEIGHTS)(logits, target)
+    expected = 1 - ref_dice_score(logits, target, MC_WEIGHTS) + ref_focal(logits, target, MC_WEIGHTS,
+                                                                         pixel_weights=pixel)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize(("spec", "mode", "suggestion"), [
+    ("dice", "multiclass", "dice+ce"), ("0.5*lovasz+tversky", "multiclass", "0.5*lovasz+tversky+ce"),
+    ("logdice", "binary", "logdice+bce"), ("dice", "binary", "dice+bce"),
+])
+def test_criterion_refuses_boundary_weight_without_a_pixel_term(spec, mode, suggestion):
+    with pytest.raises(ValueError, match=r"pixel-wise terms \(ce, bce, focal\)") as info:
+        build_criterion(spec, mode, boundary_weight=True)
+    assert f"as in {suggestion}," in str(info.value)
+    assert "drop --boundary-weight" in str(info.value)
+    assert build_criterion(spec, mode).boundary_weight is False  # the spec alone is fine
+
+
+def test_dice_flag_gives_boundary_weight_nothing_to_reweight():
+    # dice=True (the old --dice) adds a region term only: still no pixel-wise term for the border weights.
+    with pytest.raises(ValueError, match="loss 'lovasz\\+dice' has none"):
+        build_criterion("lovasz", boundary_weight=True, dice=True)
+    assert build_criterion("focal", boundary_weight=True, dice=True).boundary_weight is True
 
 
 # ---- specs and the criterion ----
@@ -457,7 +505,7 @@ def test_criterion_is_the_weighted_sum_of_its_terms():
     assert got.item() == pytest.approx(expected.item(), rel=1e-9)
     logits, target = _inputs("binary", seed=10)
     got = build_criterion("bce+dice", "binary", cls_weights=BIN_WEIGHTS)(logits, target)
-    expected = ref_nll_mean(logits, target, BIN_WEIGHTS) + 1 - ref_dice_score(logits, target)
+    expected = ref_nll_mean(logits, target, BIN_WEIGHTS) + 1 - ref_dice_score(logits, target, BIN_WEIGHTS)
     assert got.item() == pytest.approx(expected.item(), rel=1e-9)
 
 
