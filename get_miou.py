@@ -26,14 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS
-from utils.checkpoint import read_weights_file, resolve_config, split_checkpoint
+from nets.spec import ModelSpec
+from utils.checkpoint import read_spec, read_weights_file, split_checkpoint
 from utils.data.io import default_class_names, read_class_names
-from utils.data.label_map import LabelMap, parse_label_map
+from utils.data.label_map import LabelMap, check_unmapped_binary, parse_label_map
 from utils.errors import UserError, parse_input_size, run_cli
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.report import format_summary, format_table, write_report
 from utils.evaluation.scores import compute_scores
-from utils.evaluation.split import predict_split, score_split
+from utils.evaluation.split import predict_split, score_split, split_label_paths
 from utils.evaluation.threshold import (
     SWEEP_THRESHOLDS,
     ThresholdSweep,
@@ -43,8 +44,7 @@ from utils.evaluation.threshold import (
     sweep_rows,
     threshold_arg,
 )
-from utils.inference.predictor import Predictor
-from utils.inference.slide import add_slide_arguments, configure_slide
+from utils.inference.cli import add_slide_arguments, build_predictor
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -123,20 +123,23 @@ def _flag_class_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _checkpoint_config(weights: str, num_classes: int | None, names: list[str] | None,
-                       threshold: float | None) -> dict:
-    """The checkpoint's config for eval mode with --weights, read without building the model."""
-    state, saved = split_checkpoint(read_weights_file(weights), weights)
-    return resolve_config(state, saved, weights, num_classes=num_classes, class_names=names, threshold=threshold)
+def _checkpoint_spec(weights: str, num_classes: int | None, names: list[str] | None,
+                     threshold: float | None) -> ModelSpec:
+    """The checkpoint's spec for eval mode with --weights, read without building the model."""
+    state, stored = split_checkpoint(read_weights_file(weights), weights)
+    return read_spec(state, stored, weights, num_classes=num_classes, class_names=names, threshold=threshold)
 
 
-def _label_map(args: argparse.Namespace, config: dict) -> LabelMap | None:
-    """--label-map, else the map the checkpoint was trained with (None: labels as they are)."""
+def _label_map(args: argparse.Namespace, spec: ModelSpec | None) -> LabelMap | None:
+    """--label-map, else the map the checkpoint was trained with (None: labels as they are). A binary model
+    without either is refused on 0/255 masks (255 means 'ignore'), as train.py refuses them."""
     if args.label_map is not None:
         return parse_label_map(args.label_map)
-    label_map = parse_label_map(config.get("label_map"))
+    label_map = parse_label_map(spec.label_map if spec else None)
     if label_map is not None:
         print(f"labels remapped by the checkpoint's --label-map {label_map.spec()}")
+    elif spec is not None and spec.task_obj.thresholded:
+        check_unmapped_binary(split_label_paths(Path(args.data_root), args.split), None)
     return label_map
 
 
@@ -152,31 +155,28 @@ def main(args: argparse.Namespace) -> int:
     sweep = None
 
     if args.mode == "eval":
-        config: dict = {}
+        spec: ModelSpec | None = None
         if args.weights:
-            config = _checkpoint_config(args.weights, args.num_classes, names, args.threshold)
-            names = list(config.get("class_names") or default_class_names(config["num_classes"]))
+            spec = _checkpoint_spec(args.weights, args.num_classes, names, args.threshold)
+            names = list(spec.class_names or default_class_names(spec.num_classes))
         elif names is None:
             names = default_class_names(args.num_classes or 21)
         matrix = score_split(args.data_root, args.split, pred_dir, len(names), workers=args.workers,
-                             label_map=_label_map(args, config))
+                             label_map=_label_map(args, spec))
         print(f"scored {pred_dir} against {Path(args.data_root) / 'SegmentationClass'} ({args.split} split)")
     else:
         if not args.weights:
             raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
-        predictor = Predictor.from_weights(args.weights, device=args.device, batch_size=args.batch_size,
-                                           num_classes=args.num_classes, class_names=names, threshold=args.threshold,
-                                           input_size=args.input_size, downsample_factor=args.downsample_factor)
-        configure_slide(predictor, args, progress=not args.no_progress)
-        config = predictor.config
+        predictor = build_predictor(args, names, progress=not args.no_progress)
+        spec = predictor.spec
         names = predictor.class_names
         # Masks arrive on the host as uint8 arrays; numpy counts them fastest there.
         confusion = ConfusionMatrix(predictor.num_classes) if args.mode == "all" else None
-        if confusion is not None and predictor.task == "binary":
+        if confusion is not None and predictor.task.thresholded:
             sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=predictor.device)
-        count = predict_split(predictor, args.data_root, args.split, pred_dir, confusion, tta=args.tta,
-                              scales=args.tta_scales, progress=not args.no_progress,
-                              label_map=_label_map(args, config) if confusion is not None else None, sweep=sweep)
+        label_map = _label_map(args, spec) if confusion is not None else None
+        count = predict_split(predictor, args.data_root, args.split, pred_dir, confusion,
+                              progress=not args.no_progress, label_map=label_map, sweep=sweep)
         print(f"wrote {count} prediction PNG(s) to {pred_dir}")
         if confusion is None:
             return 0
@@ -186,8 +186,8 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(scores, names))
     print(format_summary(scores))
     extra = None
-    if config.get("task") == "binary":
-        extra = binary_summary(scores, config.get("threshold"))
+    if spec is not None and spec.task_obj.thresholded:
+        extra = binary_summary(scores, args.threshold if args.threshold is not None else spec.threshold)
         print(format_binary(extra))
         if sweep is not None:
             extra["sweep"] = sweep_rows(sweep)

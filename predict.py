@@ -20,20 +20,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from utils.device import PRECISIONS, resolve_device
+from utils.data.io import read_class_names
+from utils.device import PRECISIONS
 from utils.errors import ArgumentParser, UserError, parse_input_size, run_cli
 from utils.evaluation.threshold import threshold_arg
-from utils.inference.app import build_predictor, export, interactive, predict_jobs
+from utils.inference.app import export, interactive, predict_jobs
 from utils.inference.benchmark import fps_benchmark
+from utils.inference.cli import add_slide_arguments, build_predictor, output_options, video_options
 from utils.inference.inputs import find_images
 from utils.inference.onnx_export import DEFAULT_OPSET, EXPORTERS
 from utils.inference.outputs import Run, report_counts
-from utils.inference.slide import add_slide_arguments, configure_slide
-from utils.inference.video import run_video
+from utils.inference.video import check_not_input, run_video
 from utils.inference.visualize import MIX_MODES
 
 
@@ -94,30 +94,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolve_device(args.device)  # fail early on an impossible --device
+    names = read_class_names(args.classes) if args.classes else None
     if args.export_onnx:
-        export(args)
+        export(args.weights, args.export_onnx, class_names=names, downsample_factor=args.downsample_factor,
+               input_size=args.input_size, dynamic=args.dynamic, opset=args.opset, simplify=not args.no_simplify,
+               exporter=args.exporter)
         if not (args.inputs or args.video or args.fps):
             return 0
-    predictor = build_predictor(args)
-    configure_slide(predictor, args)
+    outputs = output_options(args)
+    if args.video is not None and args.save:
+        check_not_input(args.save, str(args.video))  # before the model loads
+    predictor = build_predictor(args, names)
     run = Run()
-    out_dir = Path(args.out)
     if args.fps:
-        fps_benchmark(predictor, args)
+        fps_benchmark(predictor, args.fps, args.inputs[0] if args.inputs else None)
         return 0
     if args.video is not None:
-        run_video(predictor, args, run)
+        run_video(predictor, video_options(args), outputs, run)
     elif args.inputs:
-        jobs, run.failures = find_images(args.inputs, out_dir, args.save_mask, args.save_prob)
+        jobs, run.failures = find_images(args.inputs, outputs.out_dir, outputs.save_mask, outputs.save_prob)
         if not jobs:
             raise UserError("; ".join(run.failures) if run.failures else "no images given")
-        predict_jobs(jobs, predictor, args, run)
-        print(f"{run.segmented} image(s) segmented -> {out_dir}/")
+        predict_jobs(jobs, predictor, outputs, run)
+        print(f"{run.segmented} image(s) segmented -> {outputs.out_dir}/")
     else:
-        interactive(predictor, args, run)
+        interactive(predictor, outputs, run)
     if args.count:
-        report_counts(run, predictor, out_dir)
+        report_counts(run, predictor.class_names, outputs.out_dir)
     if run.failures:
         for failure in run.failures:
             print(f"error: {failure}", file=sys.stderr)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS
+from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS, HEADS
+from nets.init import DEFAULT_INIT, INIT_RULES
 from nets.losses import TERMS
-from utils.checkpoint import TASKS
+from nets.registry import backbone_names
+from nets.task import TASKS
 from utils.errors import ArgumentParser, run_cli
 from utils.training.args import validate_args
 from utils.training.optim import OPTIMIZERS
@@ -34,7 +36,7 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     data = parser.add_argument_group("data and model")
     data.add_argument("--data-root", default=default("VOCdevkit/VOC2007"),
                       help="dataset in the VOC layout [%(default)s]")
-    data.add_argument("--task", choices=TASKS, default=default("multiclass"),
+    data.add_argument("--task", choices=tuple(TASKS), default=default("multiclass"),
                       help="multiclass: softmax over the classes; binary: one output channel read through a "
                       "sigmoid, labels 0/1 (255 ignore) [%(default)s]")
     data.add_argument("--classes", metavar="FILE", default=default(None),
@@ -44,7 +46,7 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
                       help="remap label values as files are read, e.g. 255:1 for 0/255 masks, or 3:1,*:0 "
                       "(* = every other value); or a file of 'SRC DST' lines. Files are never rewritten")
     data.add_argument("--num-classes", type=int, default=default(21), help="number of classes [%(default)s]")
-    data.add_argument("--backbone", choices=BACKBONES, default=default("mobilenet"), help="[%(default)s]")
+    data.add_argument("--backbone", choices=backbone_names(), default=default("mobilenet"), help="[%(default)s]")
     data.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=default(16),
                       help="backbone output stride [%(default)s]")
     data.add_argument("--head", choices=HEADS, default=default("standard"),
@@ -61,6 +63,10 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
                       help="start from the ImageNet backbone weights (model_data/, downloaded when absent)")
     data.add_argument("--weights", metavar="PATH", default=default(None),
                       help="initial whole-model weights; what matches is loaded and the rest reported")
+    data.add_argument("--init", choices=INIT_RULES, default=default(DEFAULT_INIT),
+                      help="initialisation of every tensor no file provides (the head always, the backbone "
+                      "without --pretrained): normal = the original's N(0, 0.02), kaiming = torchvision's "
+                      "MobileNetV2 rule, pytorch = layer defaults [%(default)s]")
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--epochs", type=int, default=default(100), help="total epochs [%(default)s]")
     sched.add_argument("--freeze-epochs", type=int, default=default(None),
@@ -86,7 +92,7 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
                       f"{', '.join(TERMS)} [ce, binary: bce]")
     loss.add_argument("--dice", action="store_true", default=default(False), help="add the dice loss")
     loss.add_argument("--boundary-weight", action="store_true", default=default(False),
-                      help="weight the ce/bce terms 3x near object borders")
+                      help="weight the pixel-wise terms (ce, bce, focal) 3x near object borders")
     loss.add_argument("--tversky-alpha", type=float, default=default(0.5),
                       help="tversky: weight of the false positives [%(default)s]")
     loss.add_argument("--tversky-beta", type=float, default=default(0.5),

@@ -14,10 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.mobilenetv2 import MobileNetV2
-from nets.xception import Xception
+from nets.registry import BackboneEntry, get_backbone
 
-BACKBONES = ("mobilenet", "xception")
 DOWNSAMPLE_FACTORS = (8, 16)
 HEADS = ("standard", "separable")
 
@@ -137,24 +135,25 @@ class DeepLab(nn.Module):
     """DeepLabV3+ semantic segmentation network.
 
     Args:
-        num_classes: number of output classes (at least 1).
-        backbone: ``"mobilenet"`` (MobileNetV2) or ``"xception"``.
-        pretrained: load the ImageNet backbone weights from ``model_data/`` (downloaded
-            from the release when absent).
+        num_classes: output channels of the classifier (at least 1; one for a binary model).
+        backbone: a registered backbone (:mod:`nets.registry`) or its name.
         downsample_factor: output stride of the backbone, 8 or 16.
         head: ``"standard"`` (plain 3x3 convolutions, the original release's keys) or
             ``"separable"`` (atrous separable 3x3 convolutions in ASPP and the decoder).
+        in_channels: input bands (3 for RGB).
+
+    Build models with :func:`nets.spec.build_model`, which also initialises them and loads the
+    ImageNet backbone; this constructor leaves every layer at PyTorch's default initialisation.
 
     Raises:
         ValueError: for an unknown backbone or head, an unsupported output stride or a
             class count below 1; the message lists the allowed values.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "mobilenet", pretrained: bool = False,
-                 downsample_factor: int = 16, head: str = "standard") -> None:
+    def __init__(self, num_classes: int, backbone: str | BackboneEntry = "mobilenet",
+                 downsample_factor: int = 16, head: str = "standard", in_channels: int = 3) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+        entry = backbone if isinstance(backbone, BackboneEntry) else get_backbone(backbone)
         if downsample_factor not in DOWNSAMPLE_FACTORS:
             raise ValueError(f"downsample_factor (output stride) must be one of 8, 16; got {downsample_factor!r}")
         if head not in HEADS:
@@ -162,18 +161,14 @@ class DeepLab(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
         self.num_classes = num_classes
-        self.backbone_name = backbone
+        self.backbone_name = entry.name
         self.downsample_factor = downsample_factor
         self.head = head
         self.backbone_frozen = False
-        self.backbone = (MobileNetV2 if backbone == "mobilenet" else Xception)(downsample_factor)
-        if pretrained:
-            from nets.pretrained import load_imagenet_backbone
-
-            load_imagenet_backbone(self.backbone, backbone)
+        self.backbone = entry.factory(downsample_factor, in_channels)
         separable = head == "separable"
-        self.aspp = ASPP(self.backbone.high_level_channels, 256, rate=16 // downsample_factor, separable=separable)
-        self.shortcut_conv = _conv_bn_relu(self.backbone.low_level_channels, 48, 1)
+        self.aspp = ASPP(entry.high_level_channels, 256, rate=16 // downsample_factor, separable=separable)
+        self.shortcut_conv = _conv_bn_relu(entry.low_level_channels, 48, 1)
         self.cat_conv = _decoder(256 + 48, separable)
         self.cls_conv = nn.Conv2d(256, num_classes, 1)
 

@@ -53,6 +53,7 @@ class MobileNetV2(nn.Module):
 
     Args:
         downsample_factor: output stride of the high-level features, 8 or 16.
+        in_channels: input bands (3 for RGB, the released weights' layout).
 
     The low-level feature is the output of ``features[0..3]`` (24 channels, stride 4),
     the high-level one that of ``features[4..17]`` (320 channels).
@@ -61,12 +62,12 @@ class MobileNetV2(nn.Module):
     low_level_channels = 24
     high_level_channels = 320
 
-    def __init__(self, downsample_factor: int = 16) -> None:
+    def __init__(self, downsample_factor: int = 16, in_channels: int = 3) -> None:
         super().__init__()
         if downsample_factor not in _DILATED_STAGES:
             raise ValueError(f"downsample_factor must be one of 8, 16; got {downsample_factor!r}")
         dilation_from = dict(_DILATED_STAGES[downsample_factor])
-        blocks: list[nn.Module] = [nn.Sequential(*_conv_bn_relu6(3, 32, 3, stride=2))]
+        blocks: list[nn.Module] = [nn.Sequential(*_conv_bn_relu6(in_channels, 32, 3, stride=2))]
         inp, dilation = 32, 1
         for t, c, n, s in _SETTINGS:
             for i in range(n):

@@ -1,8 +1,9 @@
 """ImageNet backbone weights: find them in ``model_data/`` or download them from the release.
 
-A download that cannot happen (offline, blocked) fails within seconds with one message
-that names the file, the address and where to put a copy by hand. A corrupt or
-truncated file gets the same treatment instead of an unpickling traceback.
+Where each backbone's file comes from is its registry entry (:mod:`nets.registry`). A download
+that cannot happen (offline, blocked) fails within seconds with one message that names the file,
+the address and where to put a copy by hand. A corrupt or truncated file gets the same treatment
+instead of an unpickling traceback.
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nets.registry import BackboneEntry, get_backbone
 from utils.errors import UserError
 
-RELEASE_URL = "https://github.com/bubbliiiing/deeplabv3-plus-pytorch/releases/download/v1.0/"
-BACKBONE_FILES = {"mobilenet": "mobilenet_v2.pth.tar", "xception": "xception_pytorch_imagenet.pth"}
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model_data"
 # Connect/read timeout for the download, so an offline machine fails fast instead of hanging.
 DOWNLOAD_TIMEOUT_S = 10.0
 
 
+def _pretrained_entry(backbone: str) -> BackboneEntry:
+    entry = get_backbone(backbone)
+    if entry.pretrained_file is None or entry.pretrained_url is None:
+        raise UserError(f"the {backbone} backbone has no ImageNet weights file: train without --pretrained")
+    return entry
+
+
 def backbone_weights_path(backbone: str, model_dir: Path | str = MODEL_DIR) -> Path:
     """Where the ImageNet file of ``backbone`` is expected locally."""
-    return Path(model_dir) / BACKBONE_FILES[backbone]
+    return Path(model_dir) / _pretrained_entry(backbone).pretrained_file
 
 
 def fetch_backbone_file(backbone: str, model_dir: Path | str = MODEL_DIR) -> Path:
@@ -33,7 +40,7 @@ def fetch_backbone_file(backbone: str, model_dir: Path | str = MODEL_DIR) -> Pat
     path = backbone_weights_path(backbone, model_dir)
     if path.is_file():
         return path
-    url = RELEASE_URL + BACKBONE_FILES[backbone]
+    url = _pretrained_entry(backbone).pretrained_url
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -68,17 +75,37 @@ def read_backbone_state_dict(path: Path, url: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def adapt_input_kernel(weight: torch.Tensor, bands: int) -> torch.Tensor:
+    """RGB kernels ``(out, 3, k, k)`` of a first convolution for ``bands`` input bands (timm's convention).
+
+    The RGB kernels are copied for the first three bands, every extra band gets the mean of the RGB
+    kernels, and all are scaled by ``3 / bands`` so that the layer's response to a grey input of the
+    same level stays the same. Fewer than three bands keep the first ones, scaled the same way.
+    """
+    if bands == weight.shape[1]:
+        return weight
+    mean = weight.mean(1, keepdim=True)
+    extra = mean.expand(-1, max(bands - weight.shape[1], 0), -1, -1)
+    return torch.cat((weight, extra), 1)[:, :bands] * (weight.shape[1] / bands)
+
+
 def load_imagenet_backbone(backbone_module: nn.Module, backbone: str, model_dir: Path | str = MODEL_DIR,
-                           verbose: bool = True) -> list[str]:
+                           verbose: bool = True, in_channels: int = 3) -> list[str]:
     """Load the ImageNet weights into ``backbone_module``; return the file's unused keys.
 
     Keys of the file that the backbone does not have (the MobileNetV2 classifier, say)
     are reported. A backbone key missing from the file, or a shape that differs, is an
-    error: the file is not the backbone it claims to be.
+    error: the file is not the backbone it claims to be. With ``in_channels != 3`` the first
+    convolution's RGB kernels are adapted by :func:`adapt_input_kernel`, and the report says so.
     """
     path = fetch_backbone_file(backbone, model_dir)
-    url = RELEASE_URL + BACKBONE_FILES[backbone]
+    entry = get_backbone(backbone)
+    url = entry.pretrained_url
     state = read_backbone_state_dict(path, url)
+    first = entry.marker_key.removeprefix("backbone.")
+    adapted = in_channels != 3 and first in state
+    if adapted:
+        state = {**state, first: adapt_input_kernel(state[first], in_channels)}
     own = backbone_module.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
@@ -93,6 +120,8 @@ def load_imagenet_backbone(backbone_module: nn.Module, backbone: str, model_dir:
     backbone_module.load_state_dict({k: state[k] for k in own}, strict=True)
     if verbose:
         print(f"Loaded ImageNet {backbone} backbone from {path}"
+              + (f"; {first} adapted from RGB to {in_channels} bands (extra bands: the mean RGB kernel; "
+                 f"all scaled by 3/{in_channels})" if adapted else "")
               + (f"; unused keys in the file: {', '.join(_summarise_keys(unused))}" if unused else ""))
     return unused
 

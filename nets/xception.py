@@ -78,17 +78,18 @@ class Xception(nn.Module):
 
     Args:
         downsample_factor: output stride of the high-level features, 8 or 16.
+        in_channels: input bands (3 for RGB, the released weights' layout).
     """
 
     low_level_channels = 256
     high_level_channels = 2048
 
-    def __init__(self, downsample_factor: int = 16) -> None:
+    def __init__(self, downsample_factor: int = 16, in_channels: int = 3) -> None:
         super().__init__()
         if downsample_factor not in _STRIDES:
             raise ValueError(f"downsample_factor must be one of 8, 16; got {downsample_factor!r}")
         (s1, s2, s3), rate = _STRIDES[downsample_factor]
-        self.conv1 = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(32, momentum=BN_MOMENTUM)
         self.conv2 = nn.Conv2d(32, 64, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)

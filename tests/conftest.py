@@ -73,14 +73,15 @@ def demo_dataset_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """Our checkpoint format around a random 3-class MobileNet DeepLab with a 64x64 input; read-only path."""
+    """A checkpoint as train.py wrote them before the spec (the flat version-1 ``config``, read through the
+    migration) around a random 3-class MobileNet DeepLab with a 64x64 input; read-only path."""
     import torch
 
     from nets.deeplabv3_plus import DeepLab
     from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(0)
-    model = DeepLab(num_classes=3, backbone="mobilenet", pretrained=False).eval()
+    model = DeepLab(num_classes=3, backbone="mobilenet").eval()
     config = {"backbone": "mobilenet", "num_classes": 3, "class_names": ["background", "cat", "dog"],
               "downsample_factor": 16, "input_size": [64, 64]}
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
@@ -123,10 +124,11 @@ def predict_checkpoints(tmp_path_factory):
     import torch
 
     from nets.deeplabv3_plus import DeepLab
+    from nets.spec import ModelSpec
     from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(0)
-    model = DeepLab(num_classes=3, backbone="mobilenet", pretrained=False).eval()
+    model = DeepLab(num_classes=3, backbone="mobilenet").eval()
     with torch.no_grad():
         model.cls_conv.bias.zero_()
         for module in model.modules():
@@ -135,9 +137,8 @@ def predict_checkpoints(tmp_path_factory):
                 module.running_var.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
     folder = tmp_path_factory.mktemp("predict_ckpt")
-    config = {"backbone": "mobilenet", "num_classes": 3, "class_names": ["background", "cat", "dog"],
-              "downsample_factor": 16, "input_size": [64, 64]}
-    save_checkpoint({"model": model.state_dict(), "config": config, "epoch": 1,
+    spec = ModelSpec(num_classes=3, class_names=["background", "cat", "dog"], input_size=(64, 64))
+    save_checkpoint({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 1,
                      "format": CHECKPOINT_FORMAT}, folder / "model.pth")
     torch.save(model.state_dict(), folder / "bare.pth")
     return {"ckpt": folder / "model.pth", "bare": folder / "bare.pth", "model": model}

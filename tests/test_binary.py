@@ -23,6 +23,7 @@ from utils.data.io import load_image
 from utils.data.label_map import parse_label_map
 from utils.errors import UserError, run_cli
 from utils.evaluation.threshold import SWEEP_THRESHOLDS
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 
 
@@ -97,8 +98,8 @@ def test_binary_training_learns_the_objects(trained):
     assert config["task"] == "binary" and config["label_map"] == "255:1" and config["loss"] == "bce"
     model, saved = load_model(trained / "best.pth")
     assert model.cls_conv.out_channels == 1
-    assert saved["task"] == "binary" and saved["num_classes"] == 2
-    assert saved["threshold"] in SWEEP_THRESHOLDS
+    assert saved.task == "binary" and saved.num_classes == 2
+    assert saved.threshold in SWEEP_THRESHOLDS
     with open(trained / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == [str(e) for e in range(1, 9)]
@@ -114,7 +115,7 @@ def test_get_miou_binary_report(trained, binary_root, tmp_path):
                                               "--no-progress"])) == 0
     report = json.loads((out / "metrics.json").read_text())
     _, config = load_model(trained / "best.pth")
-    assert report["threshold"] == config["threshold"]
+    assert report["threshold"] == config.threshold
     assert report["dice"] == pytest.approx(2 * report["iou"] / (1 + report["iou"]), rel=1e-12)
     assert report["iou"] == pytest.approx(report["per_class"][1]["iou"], rel=1e-12)
     assert report["accuracy"] == pytest.approx(report["accuracy"]) and 0 < report["precision"] <= 1
@@ -144,7 +145,7 @@ def test_save_prob_writes_rounded_probabilities(trained, binary_root, tmp_path):
                                                 "--device", "cpu", "--precision", "fp32"])) == 0
         written = np.array(Image.open(out / "demo_0032_prob.png"))
         assert written.dtype == dtype or (bits == 16 and written.dtype == np.int32)
-        predictor = Predictor.from_weights(weights, device="cpu", precision="fp32")
+        predictor = Predictor.from_weights(weights, InferenceOptions(device="cpu", precision="fp32"))
         prob = predictor.predict_proba([load_image(image_path)])[0][0].numpy()
         assert np.array_equal(written.astype(np.int64), np.round(prob * np.float32(top)).astype(np.int64))
         mask = np.array(Image.open(out / "demo_0032_mask.png"))
@@ -158,7 +159,8 @@ def test_save_prob_of_a_multiclass_model_is_the_predicted_class_probability(pred
                                      "--out", str(tmp_path / "out"), "--save-prob", "--device", "cpu",
                                      "--precision", "fp32"]))
     written = np.array(Image.open(tmp_path / "out" / "x_prob.png"))
-    probs = Predictor.from_weights(predict_checkpoints["ckpt"], device="cpu", precision="fp32").predict_proba([image])
+    probs = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu",
+                                                                                 precision="fp32")).predict_proba([image])
     expected = np.round(probs[0].numpy().max(axis=0) * np.float32(255))
     assert written.dtype == np.uint8 and np.array_equal(written, expected.astype(np.uint8))
 
@@ -178,9 +180,9 @@ def test_binary_onnx_outputs_probabilities_and_matches_pytorch(trained, binary_r
     graph = onnx.load(str(path)).graph
     assert [o.name for o in graph.output] == ["probabilities"]
     images = [load_image(binary_root / "JPEGImages" / f"demo_{i:04d}.jpg") for i in (32, 33)]
-    torch_predictor = Predictor.from_weights(weights, device="cpu", precision="fp32")
+    torch_predictor = Predictor.from_weights(weights, InferenceOptions(device="cpu", precision="fp32"))
     onnx_predictor = Predictor.from_onnx(path)
-    assert onnx_predictor.task == "binary" and onnx_predictor.threshold == torch_predictor.threshold
+    assert onnx_predictor.task.name == "binary" and onnx_predictor.threshold == torch_predictor.threshold
     for a, b in zip(torch_predictor.predict_proba(images), onnx_predictor.predict_proba(images), strict=True):
         assert a.shape[0] == 1 and float(a.min()) >= 0 and float(a.max()) <= 1
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -199,8 +201,9 @@ def test_a_bare_one_channel_state_dict_is_a_binary_model(tmp_path):
 
     torch.manual_seed(0)
     torch.save(DeepLab(1, "mobilenet").eval().state_dict(), tmp_path / "bare.pth")
-    predictor = Predictor.from_weights(tmp_path / "bare.pth", device="cpu", precision="fp32", input_size=[64, 64])
-    assert (predictor.task, predictor.num_classes, predictor.threshold) == ("binary", 2, 0.5)
+    predictor = Predictor.from_weights(tmp_path / "bare.pth", InferenceOptions(device="cpu", precision="fp32"),
+                                       input_size=[64, 64])
+    assert (predictor.task.name, predictor.num_classes, predictor.threshold) == ("binary", 2, 0.5)
     image = (np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8)
     (mask, prob), = predictor.predict_with_prob([image])
     logits_prob = predictor.predict_proba([image])[0]

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from nets.deeplabv3_plus import DeepLab
+from nets.spec import spec_from_state
 from utils.checkpoint import (
     CHECKPOINT_FORMAT,
-    infer_config,
     load_model,
     load_weights,
+    read_spec,
     read_weights_file,
     save_checkpoint,
     split_checkpoint,
@@ -65,10 +66,10 @@ def test_truncated_checkpoint_is_reported(tmp_path, mobilenet21):
 def test_bare_original_state_dict_with_module_prefix_loads_and_infers_config(tmp_path, mobilenet21):
     path = tmp_path / "deeplab_mobilenetv2.pth"
     torch.save({f"module.{k}": v for k, v in mobilenet21.state_dict().items()}, path)
-    model, config = load_model(path)
-    assert config["backbone"] == "mobilenet"
-    assert config["num_classes"] == 21
-    assert config["downsample_factor"] == 16
+    model, spec = load_model(path)
+    assert spec.backbone == "mobilenet"
+    assert spec.num_classes == 21
+    assert spec.downsample_factor == 16
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
         assert torch.equal(model(x), mobilenet21(x))
@@ -81,16 +82,18 @@ def test_our_checkpoint_carries_its_config(tmp_path):
               "downsample_factor": 8, "input_size": [256, 320]}
     save_checkpoint({"model": model.state_dict(), "config": config, "format": CHECKPOINT_FORMAT, "epoch": 1}, path)
     loaded, got = load_model(path)
-    assert got["class_names"] == ["bg", "a", "b"]
-    assert got["input_size"] == [256, 320]
+    assert got.class_names == ["bg", "a", "b"]
+    assert got.input_size == (256, 320)
     assert loaded.downsample_factor == 8
     with pytest.raises(UserError, match="trained for 3 classes, but 5 were given"):
         load_model(path, num_classes=5)
 
 
-def test_infer_config_rejects_other_models():
+def test_spec_from_state_rejects_other_models():
+    with pytest.raises(ValueError, match="not a DeepLabV3\\+ model"):
+        spec_from_state({"fc.weight": torch.zeros(2, 2)})
     with pytest.raises(UserError, match="not a DeepLabV3\\+ model"):
-        infer_config({"fc.weight": torch.zeros(2, 2)})
+        read_spec({"fc.weight": torch.zeros(2, 2)}, None, "other.pth")
     state, config = split_checkpoint({"state_dict": {"module.cls_conv.weight": torch.zeros(2)}})
     assert list(state) == ["cls_conv.weight"]
     assert config is None

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from get_miou import main, parse_args
@@ -26,6 +27,7 @@ from tests.evaluation.test_confusion import (
 )
 from utils.data.io import load_image, load_label, save_label
 from utils.errors import UserError
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,10 +173,10 @@ def test_tta_uses_flip_and_the_given_scales(tiny_voc, tiny_checkpoint, tmp_path)
     pred_dir = tmp_path / "preds"
     run("--weights", tiny_checkpoint, "--data-root", tiny_voc, "--device", "cpu", "--mode", "predict",
         "--pred-dir", pred_dir, "--tta", "--tta-scales", "0.5,1.5", "--no-progress")
-    predictor = Predictor.from_weights(tiny_checkpoint, device="cpu")
+    predictor = Predictor.from_weights(tiny_checkpoint, InferenceOptions(device="cpu", tta=True, tta_scales=(0.5, 1.5)))
     for stem in _val_stems(tiny_voc):
         image = load_image(next((tiny_voc / "JPEGImages").glob(f"{stem}.*")))
-        expected = predictor.predict([image], tta=True, scales=(0.5, 1.5))[0]
+        expected = predictor.predict([image])[0]
         np.testing.assert_array_equal(np.array(Image.open(pred_dir / f"{stem}.png")), expected)
     run("--weights", tiny_checkpoint, "--data-root", tiny_voc, "--device", "cpu", "--tta",
         "--out", tmp_path / "out", "--no-progress")
@@ -242,3 +244,24 @@ def test_input_size_and_output_stride_flags_reach_the_model(tiny_voc, predict_ch
     assert built[-1].input_size == (512, 512) and built[-1].backend.model.downsample_factor == 16
     with pytest.raises(UserError, match="--input-size 8: give H or H W, each at least 16"):
         run(*common, "--input-size", "8")
+
+
+def test_binary_model_on_0_255_masks_without_a_label_map_stops(tmp_path):
+    """Defect 2 of issue 19: a bare one-channel state dict scored on 0/255 masks printed mIoU 100% and
+    exited 0. It must stop with train.py's one-line error naming --label-map 255:1, and score with it."""
+    from nets.deeplabv3_plus import DeepLab
+    from utils.data.demo import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "masks", seed=4, num_train=2, num_val=2, size=(48, 40), binary=True)
+    torch.manual_seed(0)
+    torch.save(DeepLab(1, "mobilenet").eval().state_dict(), tmp_path / "bare.pth")
+    common = [sys.executable, str(REPO / "get_miou.py"), "--weights", str(tmp_path / "bare.pth"), "--data-root",
+              str(root), "--input-size", "32", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")]
+    result = subprocess.run(common, capture_output=True, text=True)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--label-map 255:1" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    mapped = subprocess.run([*common, "--label-map", "255:1"], capture_output=True, text=True)
+    assert mapped.returncode == 0, mapped.stderr
+    assert 0 <= json.loads((tmp_path / "out" / "metrics.json").read_text())["miou"] <= 1

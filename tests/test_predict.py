@@ -121,6 +121,39 @@ def test_video_file(predict_checkpoints, tmp_path):
     assert (tmp_path / "o" / "clip.mp4").stat().st_size > 0
 
 
+def write_clip(path: Path, frames: int = 3) -> bytes:
+    """A small MJPG video; returns its bytes, to check later that it was left untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    for i in range(frames):
+        writer.write(np.full((64, 96, 3), 40 * i, dtype=np.uint8))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_a_video_is_never_written_over_itself(predict_checkpoints, tmp_path, monkeypatch):
+    """Defect 1 of issue 19: both commands used to truncate the input while it was still being read."""
+    clip = tmp_path / "clip.avi"
+    before = write_clip(clip)
+    with pytest.raises(UserError, match="is the input video"):
+        run(["--weights", str(predict_checkpoints["ckpt"]), "--video", str(clip), "--save", str(clip)])
+    # Through a symbolic link the output is still the input.
+    (tmp_path / "link.avi").symlink_to(clip)
+    with pytest.raises(UserError, match="is the input video"):
+        run(["--weights", str(predict_checkpoints["ckpt"]), "--video", str(clip), "--save", str(tmp_path / "link.avi")])
+    # The default output <out>/<stem>.mp4 of a video that already lies there, with the default --out.
+    monkeypatch.chdir(tmp_path)
+    inside = Path("img_out") / "clip.mp4"
+    inside_bytes = write_clip(inside)
+    with pytest.raises(UserError, match="is the input video"):
+        run(["--weights", str(predict_checkpoints["ckpt"]), "--video", str(inside)])
+    assert clip.read_bytes() == before and inside.read_bytes() == inside_bytes
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), "--weights", str(predict_checkpoints["ckpt"]),
+                             "--video", str(inside)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "is the input video" in result.stderr
+
+
 def test_interactive_prompt(predict_checkpoints, tmp_path, monkeypatch, capsys):
     write_photo(tmp_path / "p.png", 64, 64)
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{tmp_path / 'missing.png'}\n{tmp_path / 'p.png'}\n\n"))

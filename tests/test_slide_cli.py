@@ -17,8 +17,8 @@ import train
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.inference import predictor as predictor_module
+from utils.inference.options import InferenceOptions, SlideOptions
 from utils.inference.predictor import Predictor
-from utils.inference.slide import SlideOptions
 
 
 def write_photo(path: Path, height: int, width: int, seed: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def read_mask(path: Path) -> np.ndarray:
 def crop_checkpoint(predict_checkpoints, tmp_path_factory):
     """The predict fixture's model saved as if trained with --crop-size 64 64."""
     saved = torch.load(predict_checkpoints["ckpt"], map_location="cpu", weights_only=True)
-    saved["config"] = {**saved["config"], "crop_size": [64, 64], "scale_range": [0.5, 2.0]}
+    saved["spec"] = {**saved["spec"], "crop_size": [64, 64]}
     path = tmp_path_factory.mktemp("crop_ckpt") / "crop.pth"
     save_checkpoint(saved, path)
     return path
@@ -55,7 +55,7 @@ def test_predict_slide_pytorch_and_onnx_agree(predict_checkpoints, tmp_path):
     for name, flags in runs.items():
         assert predict.main(predict.parse_args([*flags, "--slide", str(tmp_path / "in"), "--out",
                                                 str(tmp_path / name), "--save-mask", "--batch-size", "3"])) == 0
-    reference = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", precision="fp32")
+    reference = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu", precision="fp32"))
     reference.slide = SlideOptions(progress=False)
     for stem, shape in (("big", (150, 110)), ("small", (40, 50))):
         torch_mask = read_mask(tmp_path / "torch" / f"{stem}_mask.png")
@@ -64,7 +64,7 @@ def test_predict_slide_pytorch_and_onnx_agree(predict_checkpoints, tmp_path):
         assert (torch_mask == onnx_mask).mean() >= 0.999
         image = np.asarray(Image.open(tmp_path / "in" / f"{stem}.png").convert("RGB"))
         np.testing.assert_array_equal(torch_mask, reference.predict([image])[0])
-    letterboxed = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", precision="fp32")
+    letterboxed = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu", precision="fp32"))
     big = np.asarray(Image.open(tmp_path / "in" / "big.png").convert("RGB"))
     assert (letterboxed.predict([big])[0] != read_mask(tmp_path / "torch" / "big_mask.png")).any()
 
@@ -82,7 +82,7 @@ def test_get_miou_defaults_to_slide_for_a_crop_trained_model(crop_checkpoint, vo
                                                   *extra])) == 0
         outs[name] = read_mask(out / "detection-results" / "s0.png")
         assert json.loads((out / "metrics.json").read_text())["accuracy"] is not None
-    predictor = Predictor.from_weights(crop_checkpoint, "cpu")
+    predictor = Predictor.from_weights(crop_checkpoint, InferenceOptions(device="cpu"))
     assert predictor.slide == SlideOptions()
     image = np.asarray(Image.open(root / "JPEGImages" / "s0.png").convert("RGB"))
     np.testing.assert_array_equal(outs["default"], predictor.predict([image])[0])
@@ -125,11 +125,11 @@ def test_crop_training_records_the_crop_and_evaluates_by_sliding(train_data_root
             "--crop-size", "48", "64", "--scale-range", "0.75", "1.5", "--epochs", "1", "--freeze-epochs", "0",
             "--batch-size", "2", "--workers", "0", "--device", "cpu", "--save-dir", str(save_dir)]
     assert train.main(train.parse_args(argv)) == 0
-    config = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)["config"]
-    assert config["crop_size"] == [48, 64] and config["input_size"] == [48, 64]
-    assert config["scale_range"] == [0.75, 1.5]
+    saved = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert saved["spec"]["crop_size"] == [48, 64] and saved["spec"]["input_size"] == [48, 64]
+    assert saved["train"]["scale_range"] == [0.75, 1.5]
     assert len(slid) == 4  # the validation mIoU went through sliding windows, one call per val image
-    assert Predictor.from_weights(save_dir / "last.pth", "cpu").slide == SlideOptions()
+    assert Predictor.from_weights(save_dir / "last.pth", InferenceOptions(device="cpu")).slide == SlideOptions()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

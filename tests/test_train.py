@@ -19,6 +19,7 @@ from train import main, parse_args
 from utils.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
 from utils.data.io import load_image
 from utils.errors import UserError
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 from utils.training.distributed import DistContext
 
@@ -58,12 +59,12 @@ def test_one_epoch_writes_every_file(smoke_run):
 def test_checkpoint_holds_the_training_state(smoke_run):
     _, save_dir = smoke_run
     ckpt = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "best_miou", "rng", "config", "format"):
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "best_miou", "rng", "spec", "train", "format"):
         assert key in ckpt, key
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["epoch"] == 1
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
-    assert ckpt["config"]["class_names"] == ["background", "circle", "rectangle", "triangle"]
-    assert ckpt["config"]["backbone"] == "mobilenet" and ckpt["config"]["downsample_factor"] == 16
+    assert ckpt["spec"]["class_names"] == ["background", "circle", "rectangle", "triangle"]
+    assert ckpt["spec"]["backbone"] == "mobilenet" and ckpt["spec"]["downsample_factor"] == 16
 
 
 def test_checkpoint_loads_for_prediction_without_flags(smoke_run, train_data_root):
@@ -72,7 +73,7 @@ def test_checkpoint_loads_for_prediction_without_flags(smoke_run, train_data_roo
     assert config["num_classes"] == 4 and config["input_size"] == [64, 64]
     assert model.cls_conv.out_channels == 4
     image = load_image(next((train_data_root / "JPEGImages").iterdir()))
-    mask = Predictor.from_weights(save_dir / "best.pth", device="cpu").predict([image])[0]
+    mask = Predictor.from_weights(save_dir / "best.pth", InferenceOptions(device="cpu")).predict([image])[0]
     assert mask.shape == image.shape[:2] and mask.max() < 4
 
 
@@ -164,7 +165,7 @@ def test_amp_on_cpu_trains_in_bfloat16(train_data_root, tmp_path):
     save_dir = tmp_path / "amp"
     assert main(parse_args(tiny_args(train_data_root, save_dir, "--amp", "--eval-period", "1"))) == 0
     ckpt = torch.load(save_dir / "last.pth", map_location="cpu", weights_only=True)
-    assert ckpt["config"]["amp"] is True and ckpt["scaler"] == {}  # no gradient scaler without CUDA
+    assert ckpt["train"]["amp"] is True and ckpt["scaler"] == {}  # no gradient scaler without CUDA
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay float32
     assert math.isfinite(float(ckpt["history"][0]["train_loss"]))
 

@@ -1,10 +1,11 @@
 """Checkpoints and weight files: atomic saving, safe loading, and one weight-loading helper.
 
 Every script loads weights through :func:`load_model` or :func:`load_weights`. They accept
-our checkpoint format (model plus config, so nothing else is needed to rebuild the
-network) and the bare state dicts of the original release, with or without the
-``module.`` prefix that DDP adds. Mismatches are explained in words ("cls_conv.weight:
-checkpoint has 21 classes, model has 3") instead of PyTorch's size-mismatch dump.
+our checkpoint format (model plus its :class:`~nets.spec.ModelSpec`, so nothing else is needed
+to rebuild the network; older checkpoints' flat ``config`` is migrated) and the bare state
+dicts of the original release, with or without the ``module.`` prefix that DDP adds. Mismatches
+are explained in words ("cls_conv.weight: checkpoint has 21 classes, model has 3") instead of
+PyTorch's size-mismatch dump.
 Files are always read with ``weights_only=True``.
 """
 
@@ -22,17 +23,12 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
+from nets.deeplabv3_plus import DeepLab
+from nets.spec import SPEC_VERSION, ModelSpec, backbone_of_state, build_model, spec_from_state
 from utils.errors import UserError
 
+# The container: model, optimizer and run state. The model's description inside is the versioned spec.
 CHECKPOINT_FORMAT = "deeplabv3plus-toolkit/1"
-TASKS = ("multiclass", "binary")
-# The decision threshold of a binary model before validation has chosen one.
-DEFAULT_THRESHOLD = 0.5
-# Key that exists only in each backbone's state dict, used to recognise bare files.
-_BACKBONE_MARKERS = {"backbone.features.0.0.weight": "mobilenet", "backbone.conv1.weight": "xception"}
-# Key that exists only with the separable head (ASPP's first 3x3 branch is depthwise + pointwise there).
-_SEPARABLE_MARKER = "aspp.branch2.depthwise.0.weight"
 
 
 def default_file_mode() -> int:
@@ -104,11 +100,12 @@ def read_weights_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 def split_checkpoint(obj: dict[str, Any], path: str | Path = "checkpoint"
                      ) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Return ``(state_dict, config)`` from our checkpoint, a ``{"state_dict": ...}`` wrapper
-    or a bare state dict; the ``module.`` prefix is removed. ``config`` is None for bare files."""
+    """Return ``(state_dict, stored spec)`` from our checkpoint, a ``{"state_dict": ...}`` wrapper
+    or a bare state dict; the ``module.`` prefix is removed. The stored spec is the ``spec`` dict, or
+    for checkpoints written before it existed the version-1 ``config``; None for bare files."""
     config = None
     if isinstance(obj.get("model"), dict):
-        state, config = obj["model"], obj.get("config")
+        state, config = obj["model"], obj.get("spec") or obj.get("config")
     elif isinstance(obj.get("state_dict"), dict):
         state = obj["state_dict"]
     else:
@@ -119,24 +116,39 @@ def split_checkpoint(obj: dict[str, Any], path: str | Path = "checkpoint"
     return state, config
 
 
-def output_channels(task: str, num_classes: int) -> int:
-    """Channels of the model's last layer: one foreground logit (read through a sigmoid) for a binary
-    model, which still has two classes (background, foreground), else one logit per class."""
-    return 1 if task == "binary" else num_classes
+def read_spec(state: dict[str, torch.Tensor], stored: dict | None, path: str | Path = "checkpoint",
+              **overrides: Any) -> ModelSpec:
+    """The :class:`~nets.spec.ModelSpec` of a weights file: what its tensors show (backbone, head, task,
+    classes, bands), then its stored spec or version-1 config, then explicit ``overrides``.
 
-
-def infer_config(state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> dict[str, Any]:
-    """Infer backbone, head, task and class count from a bare DeepLab state dict (one output channel = binary)."""
-    backbone = next((name for key, name in _BACKBONE_MARKERS.items() if key in state), None)
-    if backbone is None or "cls_conv.weight" not in state:
-        raise UserError(
-            f"{path} is not a DeepLabV3+ model: it has no {' or '.join(_BACKBONE_MARKERS)} / cls_conv.weight keys."
-        )
-    channels = int(state["cls_conv.weight"].shape[0])
-    head = "separable" if _SEPARABLE_MARKER in state else "standard"
-    if channels == 1:
-        return {"backbone": backbone, "head": head, "task": "binary", "num_classes": 2}
-    return {"backbone": backbone, "head": head, "task": "multiclass", "num_classes": channels}
+    Raises:
+        UserError: the tensors are not a DeepLab, the stored values are invalid, an override of
+            ``num_classes`` contradicts the file, or a threshold is given for a multi-class model.
+    """
+    try:
+        values = spec_from_state(state).to_dict()
+    except ValueError as exc:
+        raise UserError(f"{path} is {exc}") from None
+    if stored:
+        values.update({k: v for k, v in stored.items() if v is not None})
+        values["version"] = stored.get("version", 1)
+    else:
+        values["version"] = SPEC_VERSION
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "num_classes" in given and given["num_classes"] != values["num_classes"]:
+        raise UserError(f"{path} was trained for {values['num_classes']} classes, but {given['num_classes']} were "
+                        "given (--num-classes/--classes). Drop the flag or use matching weights.")
+    try:
+        spec = ModelSpec.from_dict(values)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    if "threshold" in given and not spec.task_obj.thresholded:
+        raise UserError(f"--threshold applies to binary models (one output channel); {path} is a "
+                        f"{spec.num_classes}-class model: drop --threshold")
+    try:
+        return spec.replace(**given)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}. Use a --classes file with one name per class.") from None
 
 
 @dataclass
@@ -185,7 +197,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     own = net.state_dict()
     report = LoadReport()
     kept = {}
-    ckpt_backbone = next((n for k, n in _BACKBONE_MARKERS.items() if k in state), None)
+    ckpt_backbone = backbone_of_state(state)
     own_backbone = getattr(net, "backbone_name", None)
     if strict and ckpt_backbone and own_backbone and ckpt_backbone != own_backbone:
         raise UserError(f"{source} holds a {ckpt_backbone} model, but the model is {own_backbone}. "
@@ -206,50 +218,16 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     return report
 
 
-def resolve_config(state: dict[str, torch.Tensor], saved: dict | None, path: str | Path, **overrides: Any) -> dict:
-    """Merge the checkpoint's config (or what a bare file implies) with explicit overrides."""
-    config: dict[str, Any] = {"downsample_factor": 16, "input_size": [512, 512], "class_names": None}
-    config.update(infer_config(state, path))
-    if saved:
-        config.update({k: v for k, v in saved.items() if v is not None})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "num_classes" and value != config["num_classes"]:
-            raise UserError(f"{path} was trained for {config['num_classes']} classes, but {value} were given "
-                            "(--num-classes/--classes). Drop the flag or use matching weights.")
-        config[key] = value
-    if (config["backbone"] not in BACKBONES or config["downsample_factor"] not in DOWNSAMPLE_FACTORS
-            or config["head"] not in HEADS):
-        raise UserError(f"{path}: unsupported backbone / output stride / head "
-                        f"{config['backbone']} / {config['downsample_factor']} / {config['head']}.")
-    names = config.get("class_names")
-    if names is not None and len(names) != config["num_classes"]:
-        raise UserError(f"{path} has {config['num_classes']} classes but {len(names)} class names were given. "
-                        "Use a --classes file with one name per class.")
-    if isinstance(config.get("input_size"), int):
-        config["input_size"] = [config["input_size"], config["input_size"]]
-    if config["task"] == "binary":
-        config["threshold"] = float(config.get("threshold", DEFAULT_THRESHOLD))
-    elif overrides.get("threshold") is not None:
-        raise UserError(f"--threshold applies to binary models (one output channel); {path} is a "
-                        f"{config['num_classes']}-class model: drop --threshold")
-    return config
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> tuple[DeepLab, dict]:
-    """Build a DeepLab in eval mode from a checkpoint or bare state dict, and its config.
+def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> tuple[DeepLab, ModelSpec]:
+    """Build a DeepLab in eval mode from a checkpoint or bare state dict, and its spec.
 
     ``overrides`` (``num_classes``, ``class_names``, ``downsample_factor``, ``input_size``,
-    ``backbone``, ``threshold``) replace what the file says; a class count that contradicts the file
-    is an error, not a silent partial load. The head is the config's ``head`` (``standard``
-    when absent, as in checkpoints from before it existed), or for a bare state dict what its
-    key names show.
+    ``threshold``; None values are ignored) replace what the file says; a class count that contradicts
+    the file is an error, not a silent partial load.
     """
     obj = read_weights_file(path)
-    state, saved = split_checkpoint(obj, path)
-    config = resolve_config(state, saved, path, **overrides)
-    model = DeepLab(output_channels(config["task"], config["num_classes"]), config["backbone"],
-                    downsample_factor=config["downsample_factor"], head=config["head"])
+    state, stored = split_checkpoint(obj, path)
+    spec = read_spec(state, stored, path, **overrides)
+    model = build_model(spec, init="pytorch")  # every tensor comes from the file
     load_weights(model, state, strict=True, source=path)
-    return model.to(device).eval(), config
+    return model.to(device).eval(), spec

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
+from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS, HEADS
+from nets.registry import backbone_names
+from nets.spec import ModelSpec, build_model
 from utils.errors import ArgumentParser, parse_input_size, run_cli
 
 
@@ -23,10 +25,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
-    """Forward FLOPs of ``model`` for an input of ``(batch, 3, H, W)`` (multiply-add = 2)."""
+    """Forward FLOPs of ``model`` for an input of ``(batch, bands, H, W)`` (multiply-add = 2)."""
     height, width = (input_size[0], input_size[-1])
     param = next(model.parameters())
-    x = torch.zeros(batch_size, 3, height, width, device=param.device, dtype=param.dtype)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    x = torch.zeros(batch_size, first_conv.in_channels, height, width, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
     try:
@@ -40,7 +43,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m utils.summary",
                             description="Parameters and FLOPs of a DeepLabV3+ configuration.")
-    parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet")
+    parser.add_argument("--backbone", choices=backbone_names(), default="mobilenet")
     parser.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=16)
     parser.add_argument("--head", choices=HEADS, default="standard",
                         help="3x3 convolutions of ASPP and the decoder: plain or atrous separable")
@@ -54,7 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    model = DeepLab(args.num_classes, args.backbone, downsample_factor=args.downsample_factor, head=args.head)
+    spec = ModelSpec(backbone=args.backbone, num_classes=args.num_classes, downsample_factor=args.downsample_factor,
+                     head=args.head)
+    model = build_model(spec, init="pytorch")
     size = tuple(args.input_size)
     params = count_parameters(model)
     flops = count_flops(model, size)

@@ -16,13 +16,26 @@ Modules: ``pixelwise`` (ce, bce, focal, border weights), ``region`` (dice, logdi
 ``lovasz`` (Lovász-softmax / hinge) and ``compose`` (``"bce+dice"`` specs and the criterion).
 """
 
-from nets.losses.compose import LOSSES, MODES, TERMS, Criterion, build_criterion, parse_loss
+from nets.losses.compose import LOSSES, MODES, TERMS, Criterion, build_criterion, check_loss, parse_loss
 from nets.losses.lovasz import lovasz_loss
 from nets.losses.pixelwise import bce_loss, boundary_kernel_size, boundary_weights, ce_loss, focal_loss
 from nets.losses.region import dice_loss, logdice_loss, tversky_loss
 
 __all__ = [
-    "LOSSES", "MODES", "TERMS", "Criterion", "bce_loss", "boundary_kernel_size", "boundary_weights",
-    "build_criterion", "ce_loss", "dice_loss", "focal_loss", "logdice_loss", "lovasz_loss", "parse_loss",
+    "LOSSES",
+    "MODES",
+    "TERMS",
+    "Criterion",
+    "bce_loss",
+    "boundary_kernel_size",
+    "boundary_weights",
+    "build_criterion",
+    "ce_loss",
+    "check_loss",
+    "dice_loss",
+    "focal_loss",
+    "logdice_loss",
+    "lovasz_loss",
+    "parse_loss",
     "tversky_loss",
 ]

@@ -59,13 +59,6 @@ class Criterion:
 
     def __init__(self, terms: list[tuple[float, str]], mode: str, fns: dict[str, Callable[..., torch.Tensor]],
                  ignore_index: int, boundary_weight: bool):
-        if boundary_weight and all(name not in _PIXEL_TERMS for _, name in terms):
-            # Border weights multiply per-pixel losses; a region or Lovász term has no pixels to weight,
-            # and accepting the flag there would train without it while the run records it as on.
-            spec = _format_spec(terms)
-            raise ValueError(f"boundary_weight reweights the pixel-wise terms ({', '.join(_PIXEL_TERMS)}); loss "
-                             f"{spec!r} has none: add one, as in {spec}+{_PIXEL_TERM_OF_MODE.get(mode, 'ce')}, "
-                             "or drop --boundary-weight")
         self.terms, self.mode, self.ignore_index = terms, mode, ignore_index
         self.boundary_weight = boundary_weight
         self._fns = fns
@@ -91,6 +84,39 @@ class Criterion:
         return f"Criterion({_format_spec(self.terms)!r}, mode={self.mode!r}, boundary_weight={self.boundary_weight})"
 
 
+def check_loss(spec: str = "ce", mode: str = "multiclass", cls_weights: int | None = None,
+               boundary_weight: bool = False, tversky_alpha: float = 0.5, tversky_beta: float = 0.5,
+               dice: bool = False) -> list[tuple[float, str]]:
+    """Every check of :func:`build_criterion` without building anything (``cls_weights`` is the number of class
+    weights, if any); returns the parsed terms. train.py checks its flags with this before anything heavy
+    happens, and builds the criterion once later, when the class weights are known.
+
+    Raises:
+        ValueError: naming the bad term, mode, weight count or option.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    terms = parse_loss(spec)
+    if dice and all(name != "dice" for _, name in terms):
+        terms.append((1.0, "dice"))
+    for _, name in terms:
+        if (name, mode) in _WRONG_MODE:
+            raise ValueError(f"loss term {name!r} does not exist in {mode} mode; use "
+                             f"{_WRONG_MODE[name, mode]!r} instead")
+    if mode == "binary" and cls_weights is not None and cls_weights != 2:
+        raise ValueError(f"a binary model takes 2 class weights (background, foreground); got {cls_weights}")
+    if tversky_alpha < 0 or tversky_beta < 0:
+        raise ValueError(f"tversky alpha and beta must be >= 0; got {tversky_alpha} and {tversky_beta}")
+    if boundary_weight and all(name not in _PIXEL_TERMS for _, name in terms):
+        # Border weights multiply per-pixel losses; a region or Lovász term has no pixels to weight,
+        # and accepting the flag there would train without it while the run records it as on.
+        text = _format_spec(terms)
+        raise ValueError(f"boundary_weight reweights the pixel-wise terms ({', '.join(_PIXEL_TERMS)}); loss "
+                         f"{text!r} has none: add one, as in {text}+{_PIXEL_TERM_OF_MODE.get(mode, 'ce')}, "
+                         "or drop --boundary-weight")
+    return terms
+
+
 def build_criterion(spec: str = "ce", mode: str = "multiclass", cls_weights: torch.Tensor | None = None,
                     ignore_index: int = 255, boundary_weight: bool = False, tversky_alpha: float = 0.5,
                     tversky_beta: float = 0.5, dice: bool = False) -> Criterion:
@@ -105,19 +131,9 @@ def build_criterion(spec: str = "ce", mode: str = "multiclass", cls_weights: tor
     a spec without any of them raises ValueError. ``dice=True`` adds a ``dice`` term (the older
     ``--loss focal --dice``).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    terms = parse_loss(spec)
-    if dice and all(name != "dice" for _, name in terms):
-        terms.append((1.0, "dice"))
-    for _, name in terms:
-        if (name, mode) in _WRONG_MODE:
-            raise ValueError(f"loss term {name!r} does not exist in {mode} mode; use "
-                             f"{_WRONG_MODE[name, mode]!r} instead")
-    if mode == "binary" and cls_weights is not None and len(cls_weights) != 2:
-        raise ValueError(f"a binary model takes 2 class weights (background, foreground); got {len(cls_weights)}")
-    if tversky_alpha < 0 or tversky_beta < 0:
-        raise ValueError(f"tversky alpha and beta must be >= 0; got {tversky_alpha} and {tversky_beta}")
+    terms = check_loss(spec, mode, cls_weights=None if cls_weights is None else len(cls_weights),
+                       boundary_weight=boundary_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
+                       dice=dice)
     common = {"cls_weights": cls_weights, "ignore_index": ignore_index}
     fns = {
         "ce": partial(ce_loss, **common), "bce": partial(bce_loss, **common),

@@ -8,11 +8,12 @@ import onnx
 import pytest
 import torch
 
+from nets.spec import SPEC_VERSION, ModelSpec
 from predict import main, parse_args
 from utils.errors import UserError
 from utils.inference.onnx_export import export_onnx, make_session
+from utils.inference.options import InferenceOptions, SlideOptions
 from utils.inference.predictor import Predictor
-from utils.inference.slide import SlideOptions
 
 
 def photo(height: int, width: int, seed: int) -> np.ndarray:
@@ -56,8 +57,8 @@ def test_export_prints_verification(predict_checkpoints, tmp_path, capsys):
 
 def test_static_export_runs_one_image_at_a_time(predict_checkpoints, tmp_path):
     path = tmp_path / "static.onnx"
-    export_onnx(predict_checkpoints["model"], path, (64, 64), config={"num_classes": 3, "input_size": [64, 64]})
-    predictor = Predictor.from_onnx(path, batch_size=4)
+    export_onnx(predict_checkpoints["model"], path, (64, 64), spec=ModelSpec(num_classes=3, input_size=(64, 64)))
+    predictor = Predictor.from_onnx(path, InferenceOptions(batch_size=4))
     masks = predictor.predict([photo(64, 96, 0), photo(50, 50, 1), photo(70, 30, 2)])
     assert [m.shape for m in masks] == [(64, 96), (50, 50), (70, 30)]
     with pytest.raises(UserError, match="re-export with --export-onnx"):
@@ -75,7 +76,8 @@ def test_export_returns_both_checks(predict_checkpoints, tmp_path):
 def test_onnx_predictor_agrees_with_pytorch(dynamic_onnx, predict_checkpoints):
     onnx_predictor = Predictor.from_onnx(dynamic_onnx)
     # The ONNX graph computes in float32, so it is compared with PyTorch in float32.
-    torch_predictor = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", precision="fp32")
+    torch_predictor = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu",
+                                                                                           precision="fp32"))
     assert (onnx_predictor.num_classes, onnx_predictor.class_names, onnx_predictor.input_size) == (
         3, ["background", "cat", "dog"], (64, 64))
     images = [photo(64, 96, 0), photo(80, 50, 1), photo(120, 120, 2)]
@@ -127,9 +129,9 @@ def test_failed_verification_writes_nothing(predict_checkpoints, tmp_path, monke
 def test_export_replaces_a_file_only_after_verification(predict_checkpoints, tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"old")
-    export_onnx(predict_checkpoints["model"], path, (64, 64), config={"num_classes": 3, "input_size": [64, 64]})
+    export_onnx(predict_checkpoints["model"], path, (64, 64), spec=ModelSpec(num_classes=3, input_size=(64, 64)))
     graph = onnx.load(str(path))
-    assert [p.key for p in graph.metadata_props] == ["deeplabv3plus_config"]
+    assert [p.key for p in graph.metadata_props] == ["deeplabv3plus_spec"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
@@ -158,10 +160,27 @@ def test_export_metadata_keeps_the_head_and_the_crop_size(tmp_path, capsys):
     assert main(parse_args(["--weights", str(tmp_path / "separable.pth"), "--export-onnx", str(path)])) == 0
     (entry,) = onnx.load(str(path)).metadata_props
     meta = json.loads(entry.value)
-    assert (meta["head"], meta["crop_size"]) == ("separable", [32, 32])
+    assert (meta["head"], meta["crop_size"], meta["version"]) == ("separable", [32, 32], SPEC_VERSION)
     # A crop-trained model slides by default under --onnx as it does under --weights.
     assert Predictor.from_onnx(path).slide == SlideOptions()
     # --fps counts the separable head (the standard one has ~1.6 M more parameters).
     capsys.readouterr()
     assert main(parse_args(["--onnx", str(path), "--fps", "1"])) == 0
     assert f"parameters: {count_parameters(model) / 1e6:.2f} M" in capsys.readouterr().out
+
+
+def test_an_export_from_before_the_spec_still_loads(predict_checkpoints, tmp_path):
+    """ONNX files written before the spec carried a flat config under another key (read as version 1)."""
+    import json
+
+    path = tmp_path / "v1.onnx"
+    export_onnx(predict_checkpoints["model"], path, (64, 64), dynamic=True)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "deeplabv3plus_config", json.dumps(
+        {"backbone": "mobilenet", "head": "standard", "num_classes": 3, "class_names": ["bg", "cat", "dog"],
+         "downsample_factor": 16, "input_size": [64, 64], "crop_size": None, "task": "multiclass", "threshold": None})
+    onnx.save(model, str(path))
+    predictor = Predictor.from_onnx(path)
+    assert predictor.class_names == ["bg", "cat", "dog"] and predictor.input_size == (64, 64)
+    assert predictor.task.name == "multiclass" and predictor.slide is None

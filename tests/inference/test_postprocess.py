@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from nets.deeplabv3_plus import DeepLab
-from utils.inference.postprocess import average_upsampled_labels, bilinear_taps, probabilities, upsample_labels
+from nets.task import BINARY, MULTICLASS
+from tests.helpers import spec_of
+from utils.inference.options import InferenceOptions
+from utils.inference.postprocess import average_upsampled_labels, bilinear_taps, upsample_labels
 from utils.inference.predictor import Predictor
 
 TIE = 1e-5  # reference top-2 gap below which either class is a correct argmax
@@ -142,20 +145,20 @@ def test_average_of_maps_of_different_sizes():
         average_upsampled_labels([], target)
 
 
-def test_probabilities_softmax_any_layout_and_sigmoid_for_one_channel():
+def test_task_activations_softmax_any_layout_and_sigmoid_for_binary():
     logits = torch.randn(2, 5, 7, 9)
     expected = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
-    torch.testing.assert_close(probabilities(logits), expected)
-    torch.testing.assert_close(probabilities(logits.contiguous(memory_format=torch.channels_last)), expected)
-    torch.testing.assert_close(probabilities(logits[:, :, 1:5, 2:8]), expected[:, :, 1:5, 2:8])
+    torch.testing.assert_close(MULTICLASS.activation(logits), expected)
+    torch.testing.assert_close(MULTICLASS.activation(logits.contiguous(memory_format=torch.channels_last)), expected)
+    torch.testing.assert_close(MULTICLASS.activation(logits[:, :, 1:5, 2:8]), expected[:, :, 1:5, 2:8])
     one = logits[:, :1]
-    torch.testing.assert_close(probabilities(one), 1 / (1 + torch.exp(-one)))
+    torch.testing.assert_close(BINARY.activation(one), 1 / (1 + torch.exp(-one)))
 
 
 def test_predictor_masks_match_full_probabilities_for_tta():
     torch.manual_seed(0)
-    predictor = Predictor(DeepLab(4, "mobilenet").eval(), {"num_classes": 4, "input_size": [64, 64]}, "cpu",
-                          precision="fp32")
+    predictor = Predictor(DeepLab(4, "mobilenet").eval(), spec_of({"num_classes": 4, "input_size": [64, 64]}),
+                          InferenceOptions(device="cpu", precision="fp32"))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
     for tta in (False, True):
@@ -169,8 +172,8 @@ def test_one_channel_model_is_thresholded():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)
     for threshold in (0.5, 0.45):
-        predictor = Predictor(model, {"num_classes": 1, "input_size": [64, 64], "threshold": threshold}, "cpu",
-                              precision="fp32")
+        predictor = Predictor(model, spec_of({"num_classes": 1, "input_size": [64, 64], "threshold": threshold}),
+                              InferenceOptions(device="cpu", precision="fp32"))
         full = predictor.predict_proba([image])[0][0].numpy()
         assert full.min() >= 0 and full.max() <= 1  # sigmoid, not a one-class softmax
         got = predictor.predict([image])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -12,11 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nets.deeplabv3_plus import DeepLab
+from tests.helpers import spec_of
 from utils.data.io import voc_palette
 from utils.data.transforms import letterbox
 from utils.errors import UserError
 from utils.inference import visualize
 from utils.inference.fuse import fuse_bn
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import class_counts, colorize, make_palette, mix, save_index_png, write_counts_csv
 
@@ -28,7 +31,7 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def predictor(predict_checkpoints):
-    return Predictor.from_weights(predict_checkpoints["ckpt"], device="cpu")
+    return Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu"))
 
 
 def test_predict_sizes_probabilities_and_config(predictor):
@@ -63,45 +66,53 @@ def test_pipeline_matches_explicit_steps(predict_checkpoints, predictor):
 
 def test_batch_size_does_not_change_results(predict_checkpoints):
     images = [photo(64, 96, i) for i in range(5)]
-    one = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", batch_size=1).predict_proba(images)
-    four = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", batch_size=4).predict_proba(images)
+    one, four = (Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu", batch_size=n))
+                 .predict_proba(images) for n in (1, 4))
     for a, b in zip(one, four, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def with_tta(predictor: Predictor, scales: tuple[float, ...] = (0.75, 1.0, 1.25), flip: bool = True) -> Predictor:
+    """The same model and spec with test-time augmentation over ``scales`` (and ``flip``)."""
+    options = replace(predictor.options, tta=True, tta_scales=scales, flip=flip)
+    return Predictor(None, predictor.spec, options, backend=predictor.backend)
 
 
 def test_tta_averages_scales_and_flips(predictor):
     image = photo(64, 96)
     plain = predictor.predict_proba([image])[0]
-    torch.testing.assert_close(predictor.predict_proba([image], tta=True, scales=(1.0,), flip=False)[0], plain)
-    tta = predictor.predict_proba([image], tta=True)[0]
+    torch.testing.assert_close(with_tta(predictor, (1.0,), flip=False).predict_proba([image])[0], plain)
+    tta = with_tta(predictor).predict_proba([image])[0]
     assert tta.shape == plain.shape
     torch.testing.assert_close(tta.sum(0), torch.ones(64, 96), atol=1e-5, rtol=0)
     assert not torch.allclose(tta, plain)
     # A flipped image under flip-TTA gives the mirrored probabilities.
-    flipped = predictor.predict_proba([np.ascontiguousarray(image[:, ::-1])], tta=True, scales=(1.0,))[0]
-    torch.testing.assert_close(flipped.flip(2), predictor.predict_proba([image], tta=True, scales=(1.0,))[0],
+    flipped = with_tta(predictor, (1.0,)).predict_proba([np.ascontiguousarray(image[:, ::-1])])[0]
+    torch.testing.assert_close(flipped.flip(2), with_tta(predictor, (1.0,)).predict_proba([image])[0],
                                atol=1e-5, rtol=1e-4)
 
 
 def test_bare_state_dict_predicts_like_our_checkpoint(predict_checkpoints, predictor):
-    bare = Predictor.from_weights(predict_checkpoints["bare"], "cpu", input_size=[64, 64])
-    assert bare.num_classes == 3 and bare.config["backbone"] == "mobilenet"
+    bare = Predictor.from_weights(predict_checkpoints["bare"], InferenceOptions(device="cpu"), input_size=[64, 64])
+    assert bare.num_classes == 3 and bare.spec.backbone == "mobilenet"
     images = [photo(64, 96, 5), photo(70, 40, 6)]
     for a, b in zip(bare.predict(images), predictor.predict(images), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_overrides_and_class_mismatch(predict_checkpoints):
-    small = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", input_size=[48, 80], downsample_factor=8)
-    assert small.input_size == (48, 80) and small.config["downsample_factor"] == 8
+    small = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu"), input_size=[48, 80],
+                                   downsample_factor=8)
+    assert small.input_size == (48, 80) and small.spec.downsample_factor == 8
     with pytest.raises(UserError, match="3 classes"):
-        Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", num_classes=4, class_names=list("abcd"))
+        Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu"), num_classes=4,
+                               class_names=list("abcd"))
 
 
 def test_predictor_leaves_the_given_model_alone(predict_checkpoints):
     model = copy.deepcopy(predict_checkpoints["model"]).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    predictor = Predictor(model, {"num_classes": 3, "input_size": [64, 64]}, "cpu")
+    predictor = Predictor(model, spec_of({"num_classes": 3, "input_size": [64, 64]}), InferenceOptions(device="cpu"))
     predictor.predict([photo(64, 64)])
     assert model.training
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
@@ -209,7 +220,7 @@ def test_precision_choices(predict_checkpoints, monkeypatch):
         module.resolve_precision("fp16", cpu)
     with pytest.raises(UserError, match="precision"):
         module.resolve_precision("fp8", cpu)
-    bf16 = Predictor.from_weights(predict_checkpoints["ckpt"], "cpu", precision="bf16")
+    bf16 = Predictor.from_weights(predict_checkpoints["ckpt"], InferenceOptions(device="cpu", precision="bf16"))
     probs = bf16.predict_proba([photo(64, 96)])[0]
     assert probs.dtype == torch.float32 and probs.shape == (3, 64, 96)
     torch.testing.assert_close(probs.sum(0), torch.ones(64, 96), atol=1e-4, rtol=0)
@@ -222,7 +233,7 @@ def test_more_classes_than_uint8_masks_hold_are_refused_by_both_mask_paths():
         def __call__(self, x: torch.Tensor) -> torch.Tensor:
             return torch.zeros(x.shape[0], 257, *x.shape[2:])
 
-    predictor = Predictor(None, {"num_classes": 257, "input_size": [32, 32]}, backend=Backend())
+    predictor = Predictor(None, spec_of({"num_classes": 257, "input_size": [32, 32]}), backend=Backend())
     image = np.zeros((20, 30, 3), dtype=np.uint8)
     for method in (predictor.predict, predictor.predict_with_prob):
         with pytest.raises(ValueError, match="256 classes"):

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import spec_of
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 from utils.inference.slide import SlideOptions, resize_rows, slide_predict, slide_rows, window_starts
 
@@ -37,8 +39,8 @@ def photo(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def make_predictor(net: FakeNet, window: tuple[int, int], batch_size: int, **config) -> Predictor:
-    config = {"num_classes": max(2, net.weight.shape[0]), "input_size": list(window), **config}
-    return Predictor(None, config, backend=net, batch_size=batch_size)
+    config = {"num_classes": net.weight.shape[0], "input_size": list(window), **config}
+    return Predictor(None, spec_of(config), InferenceOptions(batch_size=batch_size), backend=net)
 
 
 def reference_probabilities(net: FakeNet, image: np.ndarray, window: tuple[int, int], overlap: float,
@@ -99,7 +101,7 @@ def test_slide_matches_the_plain_loop(size, overlap, batch_size):
     image = photo(*size, seed=size[1])
     predictor = make_predictor(net, window, batch_size)
     expected = reference_probabilities(net, image, window, overlap)
-    got, _ = stitched(slide_rows(predictor, image, overlap, progress=False))
+    got, _ = stitched(slide_rows(predictor.engine, image, overlap, progress=False))
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-6)
     predictor.slide = SlideOptions(overlap=overlap, progress=False)
@@ -131,11 +133,11 @@ def test_scale_resizes_first_and_returns_original_size(scale):
     scaled = cv2.resize(image, size, interpolation=interp)
     small = torch.from_numpy(reference_probabilities(net, scaled, window, overlap)).float()
     expected = F.interpolate(small[None], size=(53, 90), mode="bilinear", align_corners=False)[0].numpy()
-    bands = resize_rows(slide_rows(predictor, scaled, overlap, progress=False), scaled.shape[0], (53, 90))
+    bands = resize_rows(slide_rows(predictor.engine, scaled, overlap, progress=False), scaled.shape[0], (53, 90))
     got, starts = stitched(bands)
     assert len(starts) > 1  # really produced band by band
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    mask = slide_predict(predictor, image, SlideOptions(overlap, scale, progress=False))
+    mask = slide_predict(predictor.engine, image, SlideOptions(overlap, scale, progress=False))
     top2 = np.sort(expected, 0)[-2:]
     decided = top2[1] - top2[0] > 1e-4
     np.testing.assert_array_equal(mask[decided], expected.argmax(0)[decided])
@@ -155,7 +157,7 @@ def test_rows_are_finished_before_later_windows_run():
     image = photo(100, 100, seed=4)
     predictor = make_predictor(net, (32, 32), 1)
     columns = len(window_starts(100, 32, 21))
-    bands = slide_rows(predictor, image, 0.33, progress=False)
+    bands = slide_rows(predictor.engine, image, 0.33, progress=False)
     start, band = next(bands)
     # The first band (rows 0..20) leaves as the first window of the second row of windows has run.
     assert (start, band.shape[1]) == (0, 21)
@@ -203,6 +205,6 @@ def test_crop_trained_model_defaults_to_slide():
 def test_non_rgb_uint8_input_is_refused():
     predictor = make_predictor(FakeNet(2), (32, 32), 1)
     with pytest.raises(ValueError, match="RGB uint8"):
-        slide_predict(predictor, np.zeros((40, 40, 3), np.float32), SlideOptions(progress=False))
+        slide_predict(predictor.engine, np.zeros((40, 40, 3), np.float32), SlideOptions(progress=False))
     with pytest.raises(ValueError, match="RGB uint8"):
-        slide_predict(predictor, np.zeros((40, 40), np.uint8), SlideOptions(progress=False))
+        slide_predict(predictor.engine, np.zeros((40, 40), np.uint8), SlideOptions(progress=False))

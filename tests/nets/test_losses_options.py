@@ -17,9 +17,9 @@ import nets.losses
 from nets.losses import bce_loss, build_criterion, dice_loss, focal_loss, logdice_loss, tversky_loss
 
 REPO = Path(__file__).resolve().parents[2]
-# Every public loss function (parse_loss reads a spec: not a loss).
+# Every public loss function (parse_loss and check_loss read a spec: not losses).
 LOSS_FNS = [getattr(nets.losses, name) for name in nets.losses.__all__
-            if name.endswith("_loss") and name != "parse_loss"]
+            if name.endswith("_loss") and name not in ("parse_loss", "check_loss")]
 OPTION_NAMES = {"cls_weights", "ignore_index", "weight", "alpha", "beta", "gamma", "smooth"}
 
 

@@ -10,6 +10,7 @@ import torch
 
 from nets import pretrained
 from nets.mobilenetv2 import MobileNetV2
+from nets.registry import RELEASE_URL
 from nets.xception import Xception
 from utils.errors import UserError
 
@@ -25,7 +26,7 @@ def test_offline_download_fails_fast_with_file_address_and_destination(tmp_path,
     message = str(info.value)
     assert time.perf_counter() - start < 5
     assert "mobilenet_v2.pth.tar" in message
-    assert pretrained.RELEASE_URL + "mobilenet_v2.pth.tar" in message
+    assert RELEASE_URL + "mobilenet_v2.pth.tar" in message
     assert str(tmp_path / "mobilenet_v2.pth.tar") in message
     assert not (tmp_path / "mobilenet_v2.pth.tar").exists()
 
@@ -41,7 +42,7 @@ def test_download_goes_through_torch_hub_to_model_data(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     backbone = MobileNetV2()
     pretrained.load_imagenet_backbone(backbone, "mobilenet", model_dir=tmp_path, verbose=False)
-    assert calls == [(pretrained.RELEASE_URL + "mobilenet_v2.pth.tar", True)]
+    assert calls == [(RELEASE_URL + "mobilenet_v2.pth.tar", True)]
     assert torch.equal(backbone.state_dict()["features.0.0.weight"], source["features.0.0.weight"])
 
 
@@ -50,7 +51,7 @@ def test_corrupt_file_names_the_file_and_the_address(tmp_path):
     with pytest.raises(UserError) as info:
         pretrained.load_imagenet_backbone(Xception(), "xception", model_dir=tmp_path)
     assert "xception_pytorch_imagenet.pth is corrupt or truncated" in str(info.value)
-    assert pretrained.RELEASE_URL + "xception_pytorch_imagenet.pth" in str(info.value)
+    assert RELEASE_URL + "xception_pytorch_imagenet.pth" in str(info.value)
 
 
 def test_classification_file_loads_and_reports_unused_keys(tmp_path, capsys):
@@ -72,3 +73,20 @@ def test_backbone_key_missing_from_file_is_an_error(tmp_path):
     torch.save(state, tmp_path / "mobilenet_v2.pth.tar")
     with pytest.raises(UserError, match="1 keys missing.*features.17.conv.7.weight"):
         pretrained.load_imagenet_backbone(MobileNetV2(), "mobilenet", model_dir=tmp_path)
+
+
+def test_rgb_kernels_adapt_to_more_bands_by_timm_convention(tmp_path, capsys):
+    """Four bands from an RGB file: the RGB kernels copied, the 4th their mean, all scaled by 3/4."""
+    source = MobileNetV2().state_dict()
+    torch.save(source, tmp_path / "mobilenet_v2.pth.tar")
+    backbone = MobileNetV2(in_channels=4)
+    pretrained.load_imagenet_backbone(backbone, "mobilenet", model_dir=tmp_path, in_channels=4)
+    rgb = source["features.0.0.weight"]
+    got = backbone.state_dict()["features.0.0.weight"]
+    assert got.shape == (32, 4, 3, 3)
+    for band in range(3):
+        torch.testing.assert_close(got[:, band], rgb[:, band] * 0.75)
+    torch.testing.assert_close(got[:, 3], (rgb[:, 0] + rgb[:, 1] + rgb[:, 2]) / 3 * 0.75)
+    # Every other tensor is the file's, bitwise.
+    assert torch.equal(backbone.state_dict()["features.1.conv.0.weight"], source["features.1.conv.0.weight"])
+    assert "adapted from RGB to 4 bands" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from utils.checkpoint import load_model
 from utils.data.io import load_image
 from utils.errors import UserError
 from utils.inference.onnx_export import make_session
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 
 
@@ -30,7 +31,7 @@ def separable_run(train_data_root, tmp_path_factory):
 
 def test_checkpoint_records_and_rebuilds_the_separable_head(separable_run, train_data_root, tmp_path):
     ckpt = torch.load(separable_run / "last.pth", map_location="cpu", weights_only=True)
-    assert ckpt["config"]["head"] == "separable"
+    assert ckpt["spec"]["head"] == "separable"
     model, config = load_model(separable_run / "last.pth")
     assert model.head == "separable" and config["head"] == "separable"
     for key, value in model.state_dict().items():
@@ -42,7 +43,7 @@ def test_checkpoint_records_and_rebuilds_the_separable_head(separable_run, train
     assert bare.head == "separable" and bare_config["head"] == "separable"
 
     image = load_image(next((train_data_root / "JPEGImages").iterdir()))
-    predictor = Predictor.from_weights(separable_run / "last.pth", device="cpu", precision="fp32")
+    predictor = Predictor.from_weights(separable_run / "last.pth", InferenceOptions(device="cpu", precision="fp32"))
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(predictor.backend(x), model(x), atol=1e-4)

@@ -54,12 +54,15 @@ def _split_images(root: Path, split: str) -> tuple[list[str], list[Path]]:
     return stems, [images[stem] for stem in stems]
 
 
+def split_label_paths(root: Path, split: str) -> list[Path]:
+    """The label PNGs ``SegmentationClass/<stem>.png`` of a split's stems (which may not all exist)."""
+    return [root / "SegmentationClass" / f"{stem}.png" for stem in read_split(root, split)]
+
+
 def iterate_predictions(
     predictor: Predictor,
     load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
     indices: Sequence[int],
-    tta: bool = False,
-    scales: Sequence[float] = (0.75, 1.0, 1.25),
     progress: bool = True,
     desc: str = "predict",
     with_prob: bool = False,
@@ -78,8 +81,8 @@ def iterate_predictions(
     def segment(pairs: list[tuple[np.ndarray, np.ndarray | None]]) -> list[tuple[np.ndarray, torch.Tensor | None]]:
         images = [image for image, _ in pairs]
         if with_prob:
-            return predictor.predict_with_prob(images, tta=tta, scales=scales)
-        return [(mask, None) for mask in predictor.predict(images, tta=tta, scales=scales)]
+            return predictor.predict_with_prob(images)
+        return [(mask, None) for mask in predictor.predict(images)]
 
     with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
         for batch, pairs, results in read_ahead(list(indices), predictor.batch_size, read, segment):
@@ -94,8 +97,6 @@ def predict_split(
     split: str,
     pred_dir: str | os.PathLike | None,
     matrix: ConfusionMatrix | None = None,
-    tta: bool = False,
-    scales: Sequence[float] = (0.75, 1.0, 1.25),
     progress: bool = True,
     label_map: LabelMap | None = None,
     sweep: ThresholdSweep | None = None,
@@ -106,8 +107,8 @@ def predict_split(
     colours whose pixel values are the class indices). With ``matrix`` each mask is scored in
     memory against ``SegmentationClass/<stem>.png`` (the split's labels are checked before any
     prediction starts), remapped by ``label_map``; with ``sweep`` (a binary model, ``matrix`` given)
-    the foreground probabilities are counted at every threshold too. ``tta`` averages the
-    probabilities of horizontal flips and ``scales``.
+    the foreground probabilities are counted at every threshold too. Test-time augmentation and
+    sliding windows are the predictor's options.
     """
     root = Path(root)
     if matrix is not None:
@@ -129,8 +130,7 @@ def predict_split(
         pred_dir.mkdir(parents=True, exist_ok=True)
     writes: list[Future] = []
     with ThreadPoolExecutor(1) as writer:
-        for index, _, label, mask, prob in iterate_predictions(predictor, load, range(len(stems)), tta=tta,
-                                                               scales=scales, progress=progress,
+        for index, _, label, mask, prob in iterate_predictions(predictor, load, range(len(stems)), progress=progress,
                                                                with_prob=sweep is not None and matrix is not None):
             if matrix is not None:
                 matrix.update(mask, label)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from nets.task import DEFAULT_THRESHOLD
 from utils.evaluation.report import format_percent
 from utils.evaluation.scores import Scores, as_numpy, compute_scores
 
@@ -48,7 +49,7 @@ def best_threshold(thresholds: Sequence[float], ious: Sequence[float | None]) ->
     if not defined:
         return None
     top = max(v for _, v in defined)
-    return min((t for t, v in defined if v == top), key=lambda t: abs(t - 0.5))
+    return min((t for t, v in defined if v == top), key=lambda t: abs(t - DEFAULT_THRESHOLD))
 
 
 class ThresholdSweep:
@@ -106,7 +107,7 @@ class ThresholdSweep:
         """The sweep's :func:`best_threshold` (highest foreground IoU, on a tie the one nearest 0.5); 0.5
         when no threshold has a defined IoU (no foreground in the labels or the predictions)."""
         best = best_threshold(self.thresholds, [s.iou[1] for s in self.scores()])
-        return 0.5 if best is None else best
+        return DEFAULT_THRESHOLD if best is None else best
 
 
 def binary_summary(scores: Scores, threshold: float | None) -> dict[str, float | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from nets.spec import ModelSpec
+from nets.task import get_task, task_for_channels
 from utils.device import resolve_precision
 from utils.errors import UserError
 from utils.inference.fuse import fuse_bn
-from utils.inference.onnx_export import CONFIG_KEY as ONNX_CONFIG_KEY
-from utils.inference.onnx_export import PROB_OUTPUT_NAME
+from utils.inference.onnx_export import CONFIG_KEY, PROB_OUTPUT_NAME, SPEC_KEY
 
 
 class TorchBackend:
@@ -93,27 +95,43 @@ class OnnxBackend:
         (logits,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(logits)
 
-    def config(self) -> dict[str, Any] | None:
-        """The model config stored in the ONNX metadata by our exporter, or None."""
+    def stored_spec(self) -> dict[str, Any] | None:
+        """The spec stored in the ONNX metadata by our exporter (the version-1 config of older exports), or None."""
         meta = self.session.get_modelmeta().custom_metadata_map
-        return json.loads(meta[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in meta else None
+        for key in (SPEC_KEY, CONFIG_KEY):
+            if key in meta:
+                return json.loads(meta[key])
+        return None
 
-    def resolved_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """The model config for this file: its metadata (written by our exporter), its fixed input size and
-        output channels, then ``overrides`` (``input_size``, ``class_names``, ``num_classes``; None ignored)."""
-        config = self.config() or {}
-        if self.fixed_size is not None:
-            config["input_size"] = list(self.fixed_size)
+    def resolved_spec(self, class_names: Sequence[str] | None = None, input_size: Sequence[int] | None = None,
+                      threshold: float | None = None) -> ModelSpec:
+        """The spec of this file: its metadata (written by our exporter), its fixed input size and output
+        channels (the task of a file without metadata), then the keyword arguments (None: keep).
+
+        Raises:
+            UserError: a class list of another length than the file's classes, or invalid values.
+        """
+        values = dict(self.stored_spec() or {})
         output_shape = self.session.get_outputs()[0].shape
-        if "num_classes" not in config and len(output_shape) == 4 and isinstance(output_shape[1], int):
-            config["num_classes"] = output_shape[1]
-        names = overrides.get("class_names")
-        if names is not None and "num_classes" in config and len(names) != config["num_classes"]:
-            raise UserError(f"{self.path} was exported for {config['num_classes']} classes, but {len(names)} class "
-                            "names were given (--classes). Use the class list the model was trained with.")
-        config.update({k: v for k, v in overrides.items() if v is not None})
-        if "num_classes" not in config:
-            raise UserError(f"{self.path}: cannot tell the number of classes; pass --classes")
-        if names is not None:
-            config["num_classes"] = len(names)
-        return config
+        if "num_classes" not in values:
+            if not (len(output_shape) == 4 and isinstance(output_shape[1], int)):
+                if not class_names:
+                    raise UserError(f"{self.path}: cannot tell the number of classes; pass --classes")
+                values["num_classes"] = len(class_names)
+            else:
+                task = task_for_channels(output_shape[1])
+                values.update(task=task.name, num_classes=task.num_classes(output_shape[1]))
+        if self.fixed_size is not None:
+            values["input_size"] = list(self.fixed_size)
+        if class_names is not None and len(class_names) != values["num_classes"]:
+            raise UserError(f"{self.path} was exported for {values['num_classes']} classes, but {len(class_names)} "
+                            "class names were given (--classes). Use the class list the model was trained with.")
+        if threshold is not None and not get_task(values.get("task", "multiclass")).thresholded:
+            raise UserError(f"--threshold applies to binary models (one output channel); {self.path} is a "
+                            f"{values['num_classes']}-class model: drop --threshold")
+        try:
+            spec = ModelSpec.from_dict(values)
+            return spec.replace(class_names=list(class_names) if class_names else None, input_size=input_size,
+                                threshold=threshold)
+        except ValueError as exc:
+            raise UserError(f"{self.path}: {exc}") from None

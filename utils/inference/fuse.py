@@ -7,7 +7,7 @@ consecutive entries of an ``nn.Sequential`` (MobileNetV2, ASPP branches, decoder
 attribute pairs that ``forward`` chains directly (Xception ``SeparableConv2d`` depthwise->bn1
 and pointwise->bn2, ``Block`` skip->skipbn, the Xception stem, the ASPP pooling branch).
 Only pairs where the conv output feeds nothing but the BN are listed, which is what makes
-the rewrite exact.
+the rewrite exact. Backbones list their own pairs in their registry entry (:mod:`nets.registry`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.deeplabv3_plus import ASPP
-from nets.xception import Block, SeparableConv2d, Xception
+from nets.registry import all_fuse_pairs
 
-# Module class -> (conv attribute, bn attribute) pairs that forward() applies back to back.
-_NAMED_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
-    SeparableConv2d: (("depthwise", "bn1"), ("pointwise", "bn2")),
-    Block: (("skip", "skipbn"),),
-    Xception: (("conv1", "bn1"), ("conv2", "bn2")),
-    ASPP: (("branch5_conv", "branch5_bn"),),
-}
+# The head's module class -> (conv attribute, bn attribute) pairs that forward() applies back to back.
+_HEAD_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {ASPP: (("branch5_conv", "branch5_bn"),)}
 
 
 def _fusable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -43,6 +38,7 @@ def fuse_bn(model: nn.Module) -> int:
     if model.training:
         raise ValueError("fuse_bn needs a model in eval mode (model.eval()); BatchNorm folding uses running stats")
     fused = 0
+    named_pairs = {**all_fuse_pairs(), **_HEAD_PAIRS}
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             children = list(module._modules.items())
@@ -51,7 +47,7 @@ def fuse_bn(model: nn.Module) -> int:
                     module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
                     module._modules[bn_name] = nn.Identity()
                     fused += 1
-        for conv_name, bn_name in _NAMED_PAIRS.get(type(module), ()):
+        for conv_name, bn_name in named_pairs.get(type(module), ()):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
             if conv is not None and bn is not None and _fusable(conv, bn):
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))

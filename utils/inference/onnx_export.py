@@ -9,7 +9,7 @@ is exported as a ``Resize`` whose target comes from ``Shape(images)``, so any si
 
 Exporters: ``"torchscript"`` (default) traces in ~2 s and was verified here to produce
 correct dynamic graphs; ``"dynamo"`` (``torch.export``) gives the same numbers but takes
-20-50 s on a 2-core CPU. The model config is stored in the file's metadata so that
+20-50 s on a 2-core CPU. The model spec is stored in the file's metadata so that
 ``predict.py --onnx model.onnx`` needs nothing else. When ``onnxsim`` is importable the
 graph is simplified (optional; not a requirement).
 """
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nets.spec import ModelSpec
+from nets.task import Task, task_for_channels
 from utils.checkpoint import default_file_mode
 from utils.errors import UserError
 
@@ -37,7 +39,9 @@ EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # Output name of a binary model's export, whose graph ends in the sigmoid.
 PROB_OUTPUT_NAME = "probabilities"
-# Metadata key holding the model config (read back by utils.inference.backends.OnnxBackend).
+# Metadata key holding the model spec (read back by utils.inference.backends.OnnxBackend), and the key of
+# the flat config that exports from before the spec carried (read as spec version 1).
+SPEC_KEY = "deeplabv3plus_spec"
 CONFIG_KEY = "deeplabv3plus_config"
 
 
@@ -52,10 +56,12 @@ class SigmoidOutput(nn.Module):
         return self.net(x).sigmoid()
 
 
-def _is_binary(net: nn.Module) -> bool:
-    """Whether ``net`` has one output channel (its classifier ``cls_conv``)."""
+def _task(net: nn.Module, spec: ModelSpec | None) -> Task:
+    """The spec's task; without a spec, what the classifier's channel count implies (as for a bare file)."""
+    if spec is not None:
+        return spec.task_obj
     cls_conv = getattr(net, "cls_conv", None)
-    return cls_conv is not None and cls_conv.out_channels == 1
+    return task_for_channels(cls_conv.out_channels if cls_conv is not None else 2)
 
 
 @dataclass
@@ -104,20 +110,18 @@ def _simplify(model: Any) -> Any:
     return simplified if ok else model
 
 
-def _finish(path: Path, config: dict[str, Any] | None, simplify: bool) -> None:
+def _finish(path: Path, spec: ModelSpec | None, simplify: bool) -> None:
     """One load, optional simplification and the metadata, one save (all in memory)."""
     import onnx
 
     model = onnx.load(str(path))
     if simplify:
         model = _simplify(model)
-    if config:
-        # What Predictor.from_onnx and predict.py read back: the model (head for --fps), its labels and
-        # threshold, and crop_size, which turns sliding windows on by default as it does for --weights.
-        keep = {k: config.get(k) for k in ("backbone", "head", "num_classes", "class_names", "downsample_factor",
-                                           "input_size", "crop_size", "task", "threshold") if k in config}
+    if spec is not None:
+        # What Predictor.from_onnx and predict.py read back: the whole spec (task, threshold, classes, and
+        # crop_size, which turns sliding windows on by default as it does for --weights).
         entry = model.metadata_props.add()
-        entry.key, entry.value = CONFIG_KEY, json.dumps(keep)
+        entry.key, entry.value = SPEC_KEY, json.dumps(spec.to_dict())
     onnx.save(model, str(path))
 
 
@@ -135,7 +139,7 @@ def verify(model: nn.Module, path: str | Path, shape: Sequence[int], seed: int =
     return Verification(tuple(shape), diff, diff / max(float(np.abs(expected).max()), 1e-12))
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], config: dict[str, Any] | None = None,
+def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], spec: ModelSpec | None = None,
                 dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = True,
                 exporter: str = "torchscript", tolerance: float = 1e-3) -> list[Verification]:
     """Export ``model`` (a DeepLab; not modified) to ``path`` and verify it with ONNX Runtime.
@@ -146,7 +150,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
 
     Args:
         input_size: (H, W) of the example input (and the fixed size without ``dynamic``).
-        config: model config stored in the metadata (backbone, num_classes, class_names, ...).
+        spec: the model's spec, stored in the metadata (a binary spec exports the sigmoid too).
         dynamic: symbolic batch, height and width.
         opset: ONNX opset, at least 17.
         simplify: run onnxsim if it is installed.
@@ -169,7 +173,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        checks = _export_and_verify(model, tmp, input_size, config, dynamic, opset, simplify, exporter)
+        checks = _export_and_verify(model, tmp, input_size, spec, dynamic, opset, simplify, exporter)
         worst = max(checks, key=lambda check: check.max_rel)
         if worst.max_rel > tolerance:
             other = "dynamo" if exporter == "torchscript" else "torchscript"
@@ -183,18 +187,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], c
     return checks
 
 
-def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], config: dict[str, Any] | None,
+def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], spec: ModelSpec | None,
                        dynamic: bool, opset: int, simplify: bool, exporter: str) -> list[Verification]:
     """Write the graph (simplified, with metadata) to ``path`` and compare it with PyTorch."""
     net = getattr(model, "module", model)
     output_name = OUTPUT_NAME
-    if _is_binary(net):
+    if _task(net, spec).thresholded:
         net, output_name = SigmoidOutput(net), PROB_OUTPUT_NAME
     param = next(net.parameters())
     was_training = net.training
     net.eval()
     height, width = int(input_size[0]), int(input_size[-1])
-    example = torch.rand(1, 3, height, width, device=param.device)
+    bands = spec.in_channels if spec is not None else 3
+    example = torch.rand(1, bands, height, width, device=param.device)
     try:
         if exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"}
@@ -215,7 +220,7 @@ def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], 
                               opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
     finally:
         net.train(was_training)
-    _finish(path, config, simplify)
+    _finish(path, spec, simplify)
     checks = [verify(net, path, (1, 3, height, width))]
     if dynamic:
         # A second, odd size and another batch prove the spatial and batch axes really are dynamic.

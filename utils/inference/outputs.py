@@ -6,7 +6,6 @@ an input is never overwritten by its own result.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from utils.errors import UserError
 from utils.inference.inputs import mask_path, prob_path
-from utils.inference.predictor import Predictor
+from utils.inference.options import OutputOptions
 from utils.inference.visualize import class_counts, format_counts, mix, save_index_png, write_counts_csv
 
 
@@ -65,15 +64,15 @@ def record(run: Run, name: str, mask: np.ndarray, num_classes: int) -> None:
     run.per_image.append((name, counts))
 
 
-def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path, args: argparse.Namespace,
-                 predictor: Predictor, palette: np.ndarray, run: Run, prob: np.ndarray | None = None) -> None:
+def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path, outputs: OutputOptions,
+                 num_classes: int, palette: np.ndarray, run: Run, prob: np.ndarray | None = None) -> None:
     """Write the rendered image (and mask PNG, and ``prob``, grey levels of :func:`quantize_prob`, as
     ``<name>_prob.png``), count classes; never over the input itself."""
     if target.resolve() == source.resolve():
         raise UserError(f"refusing to overwrite the input {target}: choose another --out")
-    write_image(mix(image, mask, args.mix, args.alpha, palette), target)
+    write_image(mix(image, mask, outputs.mix, outputs.alpha, palette), target)
     run.written.append(target)
-    if args.save_mask:
+    if outputs.save_mask:
         index_png = mask_path(target)
         save_index_png(mask, index_png, palette)
         run.written.append(index_png)
@@ -81,22 +80,22 @@ def save_outputs(image: np.ndarray, mask: np.ndarray, source: Path, target: Path
         grey = prob_path(target)
         write_grey(prob, grey)
         run.written.append(grey)
-    if args.count:
-        record(run, str(target), mask, predictor.num_classes)
+    if outputs.count:
+        record(run, str(target), mask, num_classes)
 
 
-def report_counts(run: Run, predictor: Predictor, out_dir: Path) -> None:
+def report_counts(run: Run, class_names: list[str], out_dir: Path) -> None:
     """``--count``: print the totals, write counts.csv and (for several images) counts_per_image.csv."""
     if run.counts is None:
         return
-    print(format_counts(run.counts, predictor.class_names))
-    path = write_counts_csv(run.counts, predictor.class_names, out_dir / "counts.csv")
+    print(format_counts(run.counts, class_names))
+    path = write_counts_csv(run.counts, class_names, out_dir / "counts.csv")
     if len(run.per_image) > 1:
         per_image = out_dir / "counts_per_image.csv"
         # csv.writer quotes names holding commas or quotes (file names and class names may).
         with per_image.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["image", *predictor.class_names])
+            writer.writerow(["image", *class_names])
             for name, counts in run.per_image:
                 writer.writerow([name, *(int(c) for c in counts)])
     print(f"counts saved to {path}")

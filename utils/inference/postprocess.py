@@ -2,8 +2,8 @@
 
 The result is defined as "bilinear probabilities at the output size (``align_corners=False``,
 the coordinates of ``F.interpolate`` and ``cv2.resize``), then argmax", or for a one-channel
-(binary) model "bilinear probability, then ``>= threshold``". :func:`upsample_labels` computes
-exactly that while never holding ``C x H x W`` values:
+(binary) model "bilinear probability, then the binary rule" (:func:`nets.task.foreground`).
+:func:`upsample_labels` computes exactly that while never holding ``C x H x W`` values:
 
 - bilinear interpolation is a convex combination of the 4 neighbouring source pixels, so where
   all 4 neighbours of an output pixel have the same argmax class k, the interpolated argmax is
@@ -31,22 +31,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from nets.task import DEFAULT_THRESHOLD, foreground
+
 CHUNK_VALUES = 1 << 22  # floats per work array (16 MB): bounds memory on any image size
 _MIN_CELLS = 1 << 10  # disagreeing cells below which a share of the refinement is not worth a thread
 _MIN_VALUES = 1 << 16  # probabilities below which a share of the argmax is not worth a thread
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel probabilities of logits (N, C, H, W): softmax over classes, or sigmoid for one channel.
-
-    Channels-last logits (our CPU/CUDA layout) are reduced over their innermost dimension,
-    which is 2-3x faster than ``softmax(1)`` on the strided layout or a copy to NCHW.
-    """
-    if logits.shape[1] == 1:
-        return logits.sigmoid()
-    if logits.stride(1) == 1:
-        return logits.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
-    return logits.softmax(1)
 
 
 class Taps(NamedTuple):
@@ -76,7 +65,7 @@ def bilinear_taps(source: int, target: int) -> Taps:
 def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Labels of (..., C) probabilities: argmax over C, or ``p >= threshold`` for one channel."""
     if probs.shape[-1] == 1:
-        return (probs[..., 0] >= threshold).astype(np.uint8)
+        return foreground(probs[..., 0], threshold).astype(np.uint8)
     return probs.argmax(-1).astype(np.uint8)
 
 
@@ -147,7 +136,7 @@ def _inner_max(counts: np.ndarray) -> int:
     return int(counts[1:-1].max()) if counts.size > 2 else int(counts.max())
 
 
-def upsample_labels(scores: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = 0.5,
+def upsample_labels(scores: torch.Tensor | np.ndarray, size: tuple[int, int], threshold: float = DEFAULT_THRESHOLD,
                     chunk: int = CHUNK_VALUES, logits: bool = False) -> np.ndarray:
     """Class map (H, W) uint8 of (C, h, w) probabilities resized bilinearly to ``size`` = (H, W).
 
@@ -294,7 +283,7 @@ class _Cells:
         top, bottom = gx * v[0] + fx * v[1], gx * v[2] + fx * v[3]  # (n, 1, wide, k)
         value = gy * top + fy * bottom  # (n, tall, wide, k)
         if self.binary:
-            return (value[..., 0] >= self.threshold).astype(np.uint8)
+            return foreground(value[..., 0], self.threshold).astype(np.uint8)
         if value.shape[-1] == 2:
             return np.where(value[..., 1] > value[..., 0], classes[:, None, None, 1], classes[:, None, None, 0])
         winner = value.argmax(-1)
@@ -302,7 +291,7 @@ class _Cells:
 
 
 def average_upsampled_labels(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int],
-                             threshold: float = 0.5, chunk: int = CHUNK_VALUES) -> np.ndarray:
+                             threshold: float = DEFAULT_THRESHOLD, chunk: int = CHUNK_VALUES) -> np.ndarray:
     """Class map (H, W) uint8 of the mean of several (C, h_i, w_i) probability maps, each resized
     bilinearly to ``size`` (test-time augmentation), computed a band of output rows at a time."""
     if not maps:
@@ -326,7 +315,7 @@ def average_upsampled_labels(maps: Sequence[torch.Tensor | np.ndarray], size: tu
     return out
 
 
-def labels_and_prob(probs: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def labels_and_prob(probs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
     """Class index per pixel (uint8) and its probability map, from (C, H, W) probabilities at full size.
 
     One channel is a binary model's foreground probability: the label is 1 where it reaches
@@ -335,7 +324,7 @@ def labels_and_prob(probs: torch.Tensor, threshold: float = 0.5) -> tuple[torch.
     tensor's memory order: ``argmax`` over a non-innermost dim is ~3x slower on the CPU).
     """
     if probs.shape[0] == 1:
-        return (probs[0] >= threshold).to(torch.uint8), probs[0]
+        return foreground(probs[0], threshold).to(torch.uint8), probs[0]
     hwc = probs.permute(1, 2, 0)
     values, indices = hwc.max(-1) if hwc.is_contiguous() else probs.max(0)
     return indices.to(torch.uint8), values

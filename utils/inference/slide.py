@@ -1,29 +1,27 @@
-"""Sliding-window inference at native resolution (``--slide``), after mmsegmentation's ``slide`` test mode.
+"""Sliding-window inference at native resolution (``--slide``); windows laid out as in mmsegmentation's ``slide`` mode.
 
 Windows of the network's input size (h, w) tile the image (resized by ``scale`` first):
 the stride is ``round(size * (1 - overlap))``, ``n = max(H - h + stride - 1, 0) // stride + 1``
 windows per axis, the last one moved back to touch the border. An image smaller than a window
 is padded bottom and right with the letterbox grey and cropped back. The class probabilities
 (softmax; sigmoid for a one-channel binary model) of overlapping windows are averaged with
-equal weight, then argmax (or the threshold).
+equal weight, then argmax (or the threshold). mmsegmentation averages the logits instead; the labels
+can differ where three or more windows overlap, or with more than two classes.
 
 Memory is bounded by the output, not by classes x pixels: windows run row of windows by row of
 windows into an accumulator one window high, and the rows no later window covers are finished
 (averaged, resized back when ``scale != 1``, turned into labels) as soon as the next row of
 windows starts. With ``with_prob``, :func:`slide_predict` also keeps the per-pixel probability
 (foreground for a binary model, else the chosen class's) of each finished band: one (H, W) map,
-never all classes at full size. The forward pass is the
-:class:`~utils.inference.predictor.Predictor`'s backend, so PyTorch and ONNX Runtime behave alike.
+never all classes at full size. The forward pass is the shared
+:class:`~utils.inference.engine.Engine`, so PyTorch and ONNX Runtime behave alike.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -33,22 +31,12 @@ from tqdm import tqdm
 
 from utils.data.transforms import GREY, _shrink_or_cubic
 from utils.errors import UserError
+from utils.inference.engine import Engine
+from utils.inference.options import SlideOptions
 from utils.inference.postprocess import bilinear_taps, labels_and_prob
-
-if TYPE_CHECKING:
-    from utils.inference.predictor import Predictor
 
 # Below this many windows a progress bar is only noise (e.g. evaluating a split of small images).
 _PROGRESS_MIN_WINDOWS = 16
-
-
-@dataclass(frozen=True)
-class SlideOptions:
-    """How :func:`slide_predict` tiles an image: window overlap, resize factor, progress bar over windows."""
-
-    overlap: float = 0.33
-    scale: float = 1.0
-    progress: bool = True
 
 
 def check_slide_options(overlap: float, scale: float, input_size: tuple[int, int]) -> None:
@@ -60,41 +48,6 @@ def check_slide_options(overlap: float, scale: float, input_size: tuple[int, int
                         "window: lower it")
     if not (math.isfinite(scale) and scale > 0):
         raise UserError(f"--scale {scale}: must be a positive factor, e.g. 1.0 (native resolution) or 0.5")
-
-
-def default_slide(config: dict[str, Any]) -> SlideOptions | None:
-    """Slide mode for models trained on crops (``crop_size`` in their config), else None (the letterbox)."""
-    return SlideOptions() if config.get("crop_size") else None
-
-
-def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--slide/--no-slide``, ``--overlap`` and ``--scale``, shared by predict.py and get_miou.py."""
-    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
-                        help="sliding windows of the input size over the image at native resolution instead of "
-                        "the letterbox (default: on for models trained with --crop-size)")
-    parser.add_argument("--overlap", type=float, metavar="F",
-                        help="--slide: share of a window that overlaps the next; stride = round(size x (1 - F)) "
-                        "[0.33]")
-    parser.add_argument("--scale", type=float, metavar="S", help="--slide: resize the image by S first; the "
-                        "result comes back at the original size [1.0]")
-
-
-def configure_slide(predictor: Predictor, args: argparse.Namespace, progress: bool = True) -> None:
-    """Set ``predictor.slide`` from the flags of :func:`add_slide_arguments` (and ``--tta``), or raise UserError."""
-    enabled = predictor.slide is not None if args.slide is None else args.slide
-    if not enabled:
-        if args.overlap is not None or args.scale is not None:
-            raise UserError("--overlap and --scale apply to sliding windows: add --slide (or drop them)")
-        predictor.slide = None
-        return
-    if args.tta:
-        why = "--slide is on by default for a model trained on crops" if args.slide is None else "--slide is on"
-        raise UserError(f"--tta is not available with sliding windows ({why}): drop --tta, or add --no-slide "
-                        "to use the letterbox")
-    overlap = SlideOptions.overlap if args.overlap is None else args.overlap
-    scale = SlideOptions.scale if args.scale is None else args.scale
-    check_slide_options(overlap, scale, predictor.input_size)
-    predictor.slide = SlideOptions(overlap, scale, progress)
 
 
 def strides(window: tuple[int, int], overlap: float) -> tuple[int, int]:
@@ -116,7 +69,7 @@ def _coverage(length: int, window: int, starts: list[int], device: torch.device)
     return counts
 
 
-def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
+def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33,
                progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """Averaged window probabilities of ``image`` as row bands ``(first_row, (C, rows, W) float32)``.
 
@@ -125,16 +78,16 @@ def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
     binary model, whose band holds the sigmoid).
     """
     height, width = image.shape[:2]
-    win_h, win_w = predictor.input_size
+    win_h, win_w = engine.input_size
     stride_h, stride_w = strides((win_h, win_w), overlap)
     pad_h, pad_w = max(height, win_h), max(width, win_w)
     if (pad_h, pad_w) != (height, width):
-        canvas = np.full((pad_h, pad_w, 3), GREY, dtype=np.uint8)
+        canvas = np.full((pad_h, pad_w, *image.shape[2:]), GREY, dtype=image.dtype)
         canvas[:height, :width] = image
         image = canvas
     ys = window_starts(pad_h, win_h, stride_h)
     xs = window_starts(pad_w, win_w, stride_w)
-    device = predictor.device
+    device = engine.device
     row_cover = _coverage(pad_h, win_h, ys, device)
     col_cover = _coverage(pad_w, win_w, xs, device)
     windows = [(y, x) for y in ys for x in xs]
@@ -155,11 +108,10 @@ def slide_rows(predictor: Predictor, image: np.ndarray, overlap: float = 0.33,
 
     bar = tqdm(total=len(windows), unit="window", leave=False, file=sys.stderr,
                disable=not progress or len(windows) < _PROGRESS_MIN_WINDOWS)
-    for start in range(0, len(windows), predictor.batch_size):
-        chunk = windows[start:start + predictor.batch_size]
-        batch = predictor._to_batch([image[y:y + win_h, x:x + win_w] for y, x in chunk])
-        logits = predictor.backend(batch)
-        probs = predictor.probabilities(logits.float())
+    for start in range(0, len(windows), engine.batch_size):
+        chunk = windows[start:start + engine.batch_size]
+        batch = engine.to_batch([image[y:y + win_h, x:x + win_w] for y, x in chunk])
+        probs = engine.probabilities(engine.forward(batch).float())
         if acc is None:
             acc = torch.zeros((probs.shape[1], win_h, pad_w), dtype=torch.float32, device=device)
         for (y, x), prob in zip(chunk, probs, strict=True):
@@ -208,13 +160,13 @@ def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
                 held_start = keep_from
 
 
-def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions,
+def slide_predict(engine: Engine, image: np.ndarray, options: SlideOptions,
                   with_prob: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
     """Labels (H, W) uint8 of an RGB uint8 image by sliding windows (see the module docstring).
 
     With ``options.scale != 1`` the image is resized first and the averaged probabilities are
     resized back bilinearly, band by band, before the argmax / threshold. With ``with_prob`` the
-    result is ``(labels, prob)``: ``prob`` (H, W) float32 on the predictor's device is the foreground
+    result is ``(labels, prob)``: ``prob`` (H, W) float32 on the engine's device is the foreground
     probability (binary) or the chosen class's probability, as
     :func:`~utils.inference.postprocess.labels_and_prob` gives them.
     """
@@ -225,13 +177,13 @@ def slide_predict(predictor: Predictor, image: np.ndarray, options: SlideOptions
     if options.scale != 1:
         size = (max(1, round(width * options.scale)), max(1, round(height * options.scale)))
         scaled = cv2.resize(image, size, interpolation=_shrink_or_cubic(cv2.INTER_CUBIC, options.scale))
-    bands = slide_rows(predictor, scaled, options.overlap, options.progress)
+    bands = slide_rows(engine, scaled, options.overlap, options.progress)
     if scaled is not image:
         bands = resize_rows(bands, scaled.shape[0], (height, width))
     mask = np.empty((height, width), dtype=np.uint8)
-    prob = torch.empty((height, width), dtype=torch.float32, device=predictor.device) if with_prob else None
+    prob = torch.empty((height, width), dtype=torch.float32, device=engine.device) if with_prob else None
     for start, band in bands:
-        labels, band_prob = labels_and_prob(band, predictor.threshold)
+        labels, band_prob = labels_and_prob(band, engine.threshold)
         rows = slice(start, start + band.shape[1])
         mask[rows] = labels.cpu().numpy()
         if prob is not None:

@@ -7,7 +7,6 @@ a GUI-enabled OpenCV; without them the run saves instead, or explains why it can
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ import cv2
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.inference.options import OutputOptions, VideoOptions
 from utils.inference.outputs import Run, record
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette, mix
@@ -57,22 +57,32 @@ def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
     return cv2.VideoCapture(int(source) if is_camera else source), is_camera
 
 
-def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
+def check_not_input(save: str, source: str) -> None:
+    """UserError when the output video ``save`` is the input file ``source`` (after resolving links): writing
+    it would truncate the video while it is still being read."""
+    if not source.isdigit() and Path(save).resolve() == Path(source).resolve():
+        raise UserError(f"the output video {save} is the input video {source}: writing it would destroy the input "
+                        "while it is read. Choose another --save name or --out folder")
+
+
+def run_video(predictor: Predictor, video: VideoOptions, outputs: OutputOptions, run: Run) -> None:
     """Segment a video or camera stream frame by frame with an FPS overlay; save and/or show it."""
-    show = args.show
+    show = video.show
     if show and not display_available():
-        if not args.save:
+        if not video.save:
             raise UserError("--show needs a display and an OpenCV build with GUI support (this one is headless "
                             "or DISPLAY is unset); use --save out.mp4 instead")
-        print("warning: no display available, --show ignored; saving to " + args.save, file=sys.stderr)
+        print("warning: no display available, --show ignored; saving to " + video.save, file=sys.stderr)
         show = False
-    capture, is_camera = open_video(args.video)
-    save = args.save
+    save = video.save
+    if not save and not show and not video.source.isdigit():
+        save = str(outputs.out_dir / f"{Path(video.source).stem}.mp4")
+    if save:
+        check_not_input(save, video.source)  # before the capture opens, so nothing is touched
+    capture, is_camera = open_video(video.source)
     if not save and not show:
-        if is_camera:
-            capture.release()
-            raise UserError("camera mode needs --show or --save out.mp4")
-        save = str(Path(args.out) / f"{Path(args.video).stem}.mp4")
+        capture.release()
+        raise UserError("camera mode needs --show or --save out.mp4")
     fps_in = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else None
     palette = make_palette(predictor.num_classes)
@@ -92,13 +102,13 @@ def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
                 break
             started = time.perf_counter()
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            mask = predictor.predict([rgb], tta=args.tta)[0]
-            out = cv2.cvtColor(mix(rgb, mask, args.mix, args.alpha, palette), cv2.COLOR_RGB2BGR)
+            mask = predictor.predict([rgb])[0]
+            out = cv2.cvtColor(mix(rgb, mask, outputs.mix, outputs.alpha, palette), cv2.COLOR_RGB2BGR)
             # Exponential smoothing keeps the overlay readable while it still follows real changes.
             fps = 1.0 / max(time.perf_counter() - started, 1e-6) if fps == 0 else \
                 0.9 * fps + 0.1 / max(time.perf_counter() - started, 1e-6)
             cv2.putText(out, f"fps= {fps:.2f}", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2)
-            if args.count:
+            if outputs.count:
                 record(run, f"frame {progress.n}", mask, predictor.num_classes)
             if save:
                 if writer is None:
@@ -123,6 +133,6 @@ def run_video(predictor: Predictor, args: argparse.Namespace, run: Run) -> None:
         if show:
             cv2.destroyAllWindows()
     if progress.n == 0:
-        raise UserError(f"video {args.video} gave no frames")
+        raise UserError(f"video {video.source} gave no frames")
     if save:
         print(f"saved {save} ({progress.n} frames)")

@@ -2,7 +2,9 @@
 
 Every bad value is a :class:`UserError` naming its flag; ``--demo`` settings are applied
 first (:mod:`utils.training.demo`), so the demo's defaults are validated like given flags.
-What depends on the checkpoint a run resumes from (``--resume auto`` itself, the default and
+Flags that need parsing (the label map, explicit class weights) are parsed once here and kept in
+private attributes (``args._label_map``, ``args._class_weights``) for the builder; they are not
+recorded as settings. What depends on the checkpoint a run resumes from (``--resume auto`` itself, the default and
 checks of ``--freeze-epochs``) is settled by :func:`resolve_start`: at the end of validation in
 one process, after the process group exists under torchrun (rank 0 decides, every rank follows).
 """
@@ -14,7 +16,8 @@ import math
 import time
 from pathlib import Path
 
-from nets.losses import build_criterion
+from nets.losses import check_loss
+from nets.task import get_task
 from utils.data.demo import DEMO_CLASSES
 from utils.data.io import VOC_CLASSES, read_class_names
 from utils.data.label_map import parse_label_map
@@ -96,8 +99,10 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
         raise UserError(f"--min-lr {args.min_lr}: must lie between 0 and --lr {args.lr}")
     if args.weights and not Path(args.weights).is_file():
         raise UserError(f"--weights {args.weights}: file not found")
+    # Parsed once here; "auto" needs the training split, so the builder computes those weights.
+    args._class_weights = None
     if args.class_weights is not None and args.class_weights.strip().lower() != "auto":
-        parse_class_weights(args.class_weights, args.num_classes, None)  # type: ignore[arg-type]
+        args._class_weights = parse_class_weights(args.class_weights, args.num_classes, None)  # type: ignore[arg-type]
     if args.save_dir is None:
         if args.resume and args.resume != "auto":
             args.save_dir = str(Path(args.resume).parent)
@@ -136,12 +141,13 @@ def _loss_settings(args: argparse.Namespace) -> None:
     if args.loss is None:
         args.loss = "bce" if args.task == "binary" else "ce"
     try:
-        build_criterion(args.loss, mode=args.task, boundary_weight=args.boundary_weight,
-                        tversky_alpha=args.tversky_alpha, tversky_beta=args.tversky_beta, dice=args.dice)
+        check_loss(args.loss, mode=get_task(args.task).loss_mode, boundary_weight=args.boundary_weight,
+                   tversky_alpha=args.tversky_alpha, tversky_beta=args.tversky_beta, dice=args.dice)
     except ValueError as exc:
         raise UserError(f"--loss {args.loss}: {exc}") from None
-    label_map = parse_label_map(args.label_map)
-    args.label_map = None if label_map is None else label_map.spec()
+    # The parsed map is kept for the datasets; its inline form is what the spec records.
+    args._label_map = parse_label_map(args.label_map)
+    args.label_map = None if args._label_map is None else args._label_map.spec()
 
 
 def resolve_freeze_epochs(args: argparse.Namespace) -> None:

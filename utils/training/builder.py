@@ -18,13 +18,14 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from nets.deeplabv3_plus import DeepLab
+from nets.init import describe_init
 from nets.losses import build_criterion
 from nets.pretrained import backbone_weights_path, fetch_backbone_file
-from utils.checkpoint import DEFAULT_THRESHOLD, load_weights, output_channels, read_weights_file, split_checkpoint
+from nets.spec import ModelSpec, build_model
+from utils.checkpoint import load_weights, read_weights_file, split_checkpoint
 from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
-from utils.data.label_map import check_unmapped_binary, parse_label_map
+from utils.data.label_map import check_unmapped_binary
 from utils.data.loader import SeededLoader, build_loader
 from utils.device import channels_last_training, cpu_has_native_bf16
 from utils.errors import UserError
@@ -40,7 +41,7 @@ class RunParts:
 
     args: argparse.Namespace
     ctx: DistContext
-    config: dict[str, Any]
+    spec: ModelSpec
     net: nn.Module
     init_note: str
     train_set: SegmentationDataset
@@ -54,6 +55,11 @@ class RunParts:
     scheduler: LambdaLR
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run's training flags as recorded in its checkpoints (``train``) and config.json."""
+        return {k: v for k, v in vars(self.args).items() if k != "argv" and not k.startswith("_")}
 
     @property
     def device(self) -> torch.device:
@@ -118,18 +124,26 @@ def fetch_pretrained(args: argparse.Namespace, ctx: DistContext) -> None:
                         "on this node's first process: check that model_data/ is writable")
 
 
-def build_model(args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
-    """The DeepLab of the flags with ``--weights`` loaded where they fit; returns it and how it was initialised."""
-    net = DeepLab(output_channels(args.task, args.num_classes), args.backbone, pretrained=args.pretrained,
-                  downsample_factor=args.downsample_factor, head=args.head)
-    note = "ImageNet backbone" if args.pretrained else "random"
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The spec of the model the flags describe (the binary threshold starts at the task's default and is
+    replaced by the one of the best foreground IoU at each validation)."""
+    return ModelSpec(backbone=args.backbone, num_classes=args.num_classes, task=args.task, head=args.head,
+                     downsample_factor=args.downsample_factor, input_size=tuple(args.input_size),
+                     crop_size=tuple(args.crop_size) if args.crop_size else None, class_names=args.class_names,
+                     label_map=args.label_map, init=args.init)
+
+
+def make_net(spec: ModelSpec, args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
+    """The DeepLab of ``spec`` with ``--weights`` loaded where they fit; returns it and how it was initialised."""
+    net = build_model(spec, pretrained=args.pretrained)
+    note = ("ImageNet backbone, head: " if args.pretrained else "") + describe_init(spec.init)
     if args.weights:
         state, _ = split_checkpoint(read_weights_file(args.weights), args.weights)
         report = load_weights(net, state, strict=False, source=args.weights)
         if not report.loaded:
             raise UserError(f"--weights {args.weights}: no tensor matches this model "
                             f"({args.backbone}, {args.num_classes} classes)")
-        note = f"{args.weights} ({len(report.loaded)} tensors)"
+        note = f"{args.weights} ({len(report.loaded)} tensors), the rest: {describe_init(spec.init)}"
         if is_main:
             print(f"--weights {args.weights}: {report.summary()}")
     return net, note
@@ -145,7 +159,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
         print("--amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and "
               "slower than fp32 here; drop --amp on this machine")
     size = tuple(args.input_size)
-    label_map = parse_label_map(args.label_map)
+    label_map = args._label_map
     crop = CropParams(size, tuple(args.scale_range)) if args.crop_size else None
     train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names,
                                     label_map, crop)
@@ -158,18 +172,14 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     phases = [phase for phase in phases if phase[2] > 0]
     used = {flag: check_batch(flag, batch, train_set, args, ctx) for _, _, _, batch, flag in reversed(phases)}
 
-    config = {"backbone": args.backbone, "num_classes": args.num_classes, "class_names": args.class_names,
-              "downsample_factor": args.downsample_factor, "input_size": list(args.input_size), "task": args.task,
-              "label_map": args.label_map, "head": args.head}
-    if args.task == "binary":
-        # Replaced by the threshold of the best foreground IoU at each validation.
-        config["threshold"] = DEFAULT_THRESHOLD
-    config.update({k: v for k, v in vars(args).items() if k not in config and k != "argv"})
+    spec = model_spec(args)
     fetch_pretrained(args, ctx)
-    net, init_note = build_model(args, ctx.is_main)
-    class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
+    net, init_note = make_net(spec, args, ctx.is_main)
+    class_weights = args._class_weights
+    if class_weights is None and args.class_weights is not None:  # "auto": median frequency over the split
+        class_weights = parse_class_weights(args.class_weights, args.num_classes, train_set)
     try:
-        criterion = build_criterion(args.loss, mode=args.task, cls_weights=class_weights,
+        criterion = build_criterion(args.loss, mode=spec.task_obj.loss_mode, cls_weights=class_weights,
                                     boundary_weight=args.boundary_weight, tversky_alpha=args.tversky_alpha,
                                     tversky_beta=args.tversky_beta, dice=args.dice)
     except ValueError as exc:
@@ -193,7 +203,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     val_loader = build_loader(val_set, per_rank(args.batch_size, ctx), False, args.workers, args.seed, ctx.rank,
                               ctx.world_size, pin_memory=cuda)
     return RunParts(
-        args=args, ctx=ctx, config=config, net=net, init_note=init_note, train_set=train_set, val_set=val_set,
+        args=args, ctx=ctx, spec=spec, net=net, init_note=init_note, train_set=train_set, val_set=val_set,
         loaders=loaders, val_loader=val_loader, class_weights=class_weights, criterion=criterion,
         optimizer=optimizer, plan=plan, scheduler=build_scheduler(optimizer, plan),
         scaler=torch.amp.GradScaler(ctx.device.type, enabled=bool(args.amp and cuda)),

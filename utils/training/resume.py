@@ -74,4 +74,5 @@ def recorded_setting(path: str | Path, key: str) -> Any:
     """The value of the training flag ``key`` as the checkpoint at ``path`` recorded it (its ``config``
     holds every flag of the run), or None for a checkpoint that does not record it. The tensors are
     only mapped, not read: the trainer loads the checkpoint itself later."""
-    return (read_weights_file(path, mmap=True).get("config") or {}).get(key)
+    obj = read_weights_file(path, mmap=True)
+    return (obj.get("train") or obj.get("config") or {}).get(key)

@@ -19,17 +19,18 @@ from typing import NamedTuple
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from nets.registry import get_backbone
+
 LR_SCHEDULES = ("cos", "step")
-# Learning-rate bounds after batch scaling (the original recipe): (lowest, highest) initial lr per optimizer,
-# and per backbone where the original narrows them (Xception with Adam: exactly 1e-4). AdamW follows Adam.
+# Learning-rate bounds after batch scaling (the original recipe): (lowest, highest) initial lr per optimizer.
+# A backbone's registry entry narrows them where the original does (Xception with Adam: exactly 1e-4).
 LR_LIMITS = {"sgd": (5e-4, 1e-1), "adam": (3e-4, 5e-4), "adamw": (3e-4, 5e-4)}
-BACKBONE_LR_LIMITS = {("xception", "adam"): (1e-4, 1e-4), ("xception", "adamw"): (1e-4, 1e-4)}
 REFERENCE_BATCH = 16
 
 
 def lr_limits(optimizer: str, backbone: str = "mobilenet") -> tuple[float, float]:
     """The original's (lowest, highest) initial lr after batch scaling for this optimizer and backbone."""
-    return BACKBONE_LR_LIMITS.get((backbone, optimizer), LR_LIMITS[optimizer])
+    return get_backbone(backbone).lr_limits.get(optimizer, LR_LIMITS[optimizer])
 
 
 def scaled_lr(optimizer: str, batch_size: int, lr: float, min_lr: float,

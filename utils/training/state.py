@@ -54,7 +54,8 @@ def checkpoint_state(parts: RunParts, progress: RunProgress, epoch: int, iterati
         "best_miou": progress.best_miou,
         "history": progress.history,
         "rng": rng or capture_rng(),
-        "config": parts.config,
+        "spec": parts.spec.to_dict(),
+        "train": parts.settings,
         "format": CHECKPOINT_FORMAT,
     }
 
@@ -80,6 +81,14 @@ def save_interrupted(parts: RunParts, progress: RunProgress, path: Path, epoch: 
     save_checkpoint(checkpoint_state(parts, progress, epoch, done, rng), path)
 
 
+def recorded_settings(obj: dict[str, Any]) -> dict[str, Any]:
+    """The flags and model a training checkpoint was written with: its ``train`` settings and ``spec``, or
+    the one flat ``config`` of checkpoints from before the spec existed."""
+    if "spec" in obj:
+        return {**(obj.get("train") or {}), **obj["spec"]}
+    return dict(obj.get("config") or {})
+
+
 def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None:
     """UserError when the checkpoint was trained with another optimizer, schedule or model than this run."""
     args = parts.args
@@ -87,6 +96,7 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
         if saved.get(key) not in (None, getattr(args, key)):
             raise UserError(f"--resume {path} was trained with {flag} {saved[key]}, but this run has {flag} "
                             f"{getattr(args, key)}: pass {flag} {saved[key]} to continue it")
+    spec = parts.spec.to_dict()
     for key, what, hint in (("task", "--task {}", "pass --task {}"),
                             ("backbone", "the {} backbone", "pass --backbone {}"),
                             ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
@@ -94,9 +104,9 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
                             ("head", "the {} head", "pass --head {}")):
         # Checkpoints from before --task and --head existed are multi-class with the standard head.
         value = saved.get(key, {"task": "multiclass", "head": "standard"}.get(key))
-        if value != parts.config[key]:
+        if value != spec[key]:
             raise UserError(f"--resume {path} was trained with {what.format(value)}, but this run has "
-                            f"{what.format(parts.config[key])}: {hint.format(value)} to continue it, "
+                            f"{what.format(spec[key])}: {hint.format(value)} to continue it, "
                             "or start a new run (--weights loads what fits)")
 
 
@@ -106,10 +116,12 @@ def load_resume(path: str, parts: RunParts) -> RunProgress:
     if obj.get("format") != CHECKPOINT_FORMAT or "optimizer" not in obj:
         raise UserError(f"--resume {path} is not a training checkpoint written by train.py (it holds no "
                         "optimizer state); use --weights to start from its weights instead")
-    _check_compatible(path, obj.get("config") or {}, parts)
+    recorded = recorded_settings(obj)
+    _check_compatible(path, recorded, parts)
     load_weights(parts.net, obj["model"], strict=True, source=path)
-    if "threshold" in (obj.get("config") or {}):
-        parts.config["threshold"] = obj["config"]["threshold"]
+    threshold = (obj.get("spec") or obj.get("config") or {}).get("threshold")
+    if parts.spec.task_obj.thresholded and threshold is not None:
+        parts.spec.threshold = float(threshold)
     try:
         parts.optimizer.load_state_dict(obj["optimizer"])
     except ValueError as exc:

@@ -131,8 +131,9 @@ class Trainer:
             extra["resume"] = self.progress.describe(self.args.resume)
         if parts.class_weights is not None:
             extra["class_weights"] = ", ".join(f"{w:.3g}" for w in parts.class_weights.tolist())
-        print(format_summary(parts.config, extra), flush=True)
-        self.logger.write_config(parts.config)
+        config = {**parts.settings, **parts.spec.to_dict()}
+        print(format_summary(config, extra), flush=True)
+        self.logger.write_config(config)
 
     def _nan_message(self, what: str) -> str:
         last = self.save_dir / "last.pth"
@@ -158,7 +159,7 @@ class Trainer:
         weights = self.save_dir / ("best.pth" if (self.save_dir / "best.pth").is_file() else "last.pth")
         example = self.parts.val_set.image_path(0)
         best = self.progress.best_miou
-        what = "foreground IoU" if self.args.task == "binary" else "mIoU"
+        what = "foreground IoU" if self.parts.spec.task_obj.thresholded else "mIoU"
         miou = f"best validation {what} {best:.4f}" if best >= 0 else "no evaluation yet"
         print(f"\ndone: {miou}; weights in {weights}\n"
               f"predict:  python predict.py --weights {shlex.quote(str(weights))} {shlex.quote(str(example))}\n"

@@ -16,6 +16,7 @@ from utils.data.loader import set_loader_epoch, to_device
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.split import iterate_predictions
 from utils.evaluation.threshold import SWEEP_THRESHOLDS, ThresholdSweep
+from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 from utils.training.builder import RunParts, per_rank
 from utils.training.distributed import all_reduce_sum
@@ -51,9 +52,10 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
         loss_sum[1] += images.shape[0]
     all_reduce_sum(loss_sum, ctx)
 
-    predictor = Predictor(net, parts.config, parts.device, batch_size=per_rank(args.batch_size, ctx),
-                          precision=training_precision(parts))
-    binary = parts.config.get("task") == "binary"
+    options = InferenceOptions(device=parts.device, batch_size=per_rank(args.batch_size, ctx),
+                               precision=training_precision(parts))
+    predictor = Predictor(net, parts.spec, options)
+    binary = parts.spec.task_obj.thresholded
     sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=parts.device) if binary else None
     matrix = None if binary else ConfusionMatrix(args.num_classes, device=parts.device)
     indices = range(ctx.rank, len(parts.val_set), ctx.world_size)
@@ -70,7 +72,7 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
     if sweep is not None:
         sweep.all_reduce()
         threshold = sweep.best()
-        parts.config["threshold"] = threshold
+        parts.spec.threshold = threshold
         scores = sweep.scores()[sweep.thresholds.index(threshold)]
         extra = {"iou": float(scores.iou[1]), "dice": float(scores.f1[1]), "threshold": threshold}
     else:
