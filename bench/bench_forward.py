@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bench.common import interleaved, machine_description, matmul_gflops, synchronize
-from nets.deeplabv3_plus import BACKBONES, DOWNSAMPLE_FACTORS, HEADS, DeepLab
+from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS, HEADS
+from nets.registry import backbone_names
+from nets.spec import ModelSpec, build_model
 from utils.inference.backends import TorchBackend
 from utils.summary import count_flops, count_parameters
 
@@ -27,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512, help="square input size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model (the median is printed)")
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
+    parser.add_argument("--backbones", nargs="+", default=list(backbone_names()), choices=backbone_names())
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
@@ -56,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     x = torch.rand(1, 3, args.size, args.size, device=device)
     for backbone in args.backbones:
         for stride in sorted(DOWNSAMPLE_FACTORS, reverse=True):
-            models = {head: DeepLab(21, backbone, downsample_factor=stride, head=head).to(device).eval()
+            models = {head: build_model(ModelSpec(backbone=backbone, num_classes=21, downsample_factor=stride,
+                                                  head=head), init="pytorch").to(device).eval()
                       for head in args.heads}
             flops = {head: count_flops(model, (args.size, args.size)) for head, model in models.items()}
             calls = {head: forward_call(model, x, device) for head, model in models.items()}

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_description  # noqa: E402
-from nets.deeplabv3_plus import DeepLab  # noqa: E402
+from nets.spec import ModelSpec, build_model  # noqa: E402
 from utils.data.demo import make_demo_dataset  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def prepare(out: Path, images: int, size: int) -> tuple[Path, Path]:
     weights = out / "init.pth"
     if not weights.is_file():
         torch.manual_seed(0)
-        torch.save(DeepLab(5, "mobilenet").state_dict(), weights)  # stands in for released weights
+        torch.save(build_model(ModelSpec(num_classes=5)).state_dict(), weights)  # stands in for released weights
     return data, weights
 
 

@@ -46,10 +46,13 @@ from PIL import Image
 
 import predict as predict_cli
 from bench.common import machine_description
-from nets.deeplabv3_plus import BACKBONES, DeepLab
+from nets.registry import backbone_names
+from nets.spec import ModelSpec, build_model
 from utils.data.io import load_image, voc_palette
 from utils.inference.app import predict_jobs
+from utils.inference.cli import output_options
 from utils.inference.inputs import find_images
+from utils.inference.options import InferenceOptions
 from utils.inference.outputs import Run, write_image
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette, mix
@@ -63,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: %(default)s)")
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="WxH",
                         help="photo sizes, width x height (default: %(default)s)")
-    parser.add_argument("--backbone", default="mobilenet", choices=BACKBONES)
+    parser.add_argument("--backbone", default="mobilenet", choices=backbone_names())
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--folder", type=int, default=12, metavar="N",
@@ -102,7 +105,7 @@ class SceneModel(torch.nn.Module):
     def __init__(self, backbone: str) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = DeepLab(21, backbone, downsample_factor=16).eval()
+        self.net = build_model(ModelSpec(backbone=backbone, num_classes=21), init="pytorch").eval()
         coarse = torch.randn(1, 21, SIZE // 64, SIZE // 64, generator=torch.Generator().manual_seed(0)) * 4
         self.register_buffer("field", F.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False))
 
@@ -158,22 +161,23 @@ def ours_full_path(predictor: Predictor, source: Path, target: Path, palette: np
 def methods(model: torch.nn.Module, only: str | None = None
             ) -> dict[str, tuple[Stopwatch, Callable[[Path, Path], np.ndarray]]]:
     """The candidates by name (or just ``only``): (the stopwatch around the forward pass, the full path)."""
-    config = {"num_classes": 21, "input_size": [SIZE, SIZE]}
+    spec = ModelSpec(num_classes=21, input_size=(SIZE, SIZE))
     out = {}
     if only in (None, "original"):
         voc, eager = voc_palette(), Stopwatch(model)
         out["original"] = (eager, lambda s, t: original_full_path(eager, s, t, voc))
     palette = make_palette(21)
-    default = Predictor(model, config, "cpu", batch_size=1, precision="fastest")
+    default = Predictor(model, spec, InferenceOptions(device="cpu", batch_size=1, precision="fastest"))
     precisions = {"ours default": default}
     if default.backend.dtype != torch.float32:
         precisions["ours fp32"] = None
     for name in precisions:
         if only not in (None, name):
             continue
-        predictor = precisions[name] or Predictor(model, config, "cpu", batch_size=1, precision="fp32")
+        predictor = precisions[name] or Predictor(model, spec, InferenceOptions(device="cpu", batch_size=1,
+                                                                                  precision="fp32"))
         watch = Stopwatch(predictor.backend, predictor)
-        predictor.backend = watch
+        predictor.engine.backend = watch
         out[name] = (watch, lambda s, t, p=predictor: ours_full_path(p, s, t, palette))
     return out
 
@@ -203,8 +207,9 @@ def folder_rows(candidates: dict[str, tuple[Stopwatch, Callable[[Path, Path], np
         for name, (watch, _) in candidates.items():
             if name != "original":
                 predictor = watch.predictor
-                predictor.batch_size = flags.batch_size
-                runs[name] = lambda p=predictor: _quietly(predict_jobs, jobs, p, flags, Run())
+                predictor.engine.batch_size = flags.batch_size
+                outputs = output_options(flags)
+                runs[name] = lambda p=predictor, o=outputs: _quietly(predict_jobs, jobs, p, o, Run())
         best: dict[str, tuple[float, float]] = {}
         out.mkdir()
         for round_index in range(rounds + 1):

@@ -61,23 +61,25 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from bench.common import machine_description
-    from nets.deeplabv3_plus import DeepLab
+    from nets.spec import ModelSpec, build_model
+    from utils.inference.options import InferenceOptions, SlideOptions
     from utils.inference.predictor import Predictor
-    from utils.inference.slide import SlideOptions, slide_predict, strides, window_starts
+    from utils.inference.slide import slide_predict, strides, window_starts
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     height, width = args.child
-    model = DeepLab(args.classes, "mobilenet", pretrained=False).eval()
-    config = {"num_classes": args.classes, "input_size": [args.window, args.window]}
-    predictor = Predictor(model, config, "cpu", batch_size=args.batch_size, precision=args.precision)
+    spec = ModelSpec(num_classes=args.classes, input_size=(args.window, args.window))
+    model = build_model(spec, init="pytorch").eval()
+    predictor = Predictor(model, spec, InferenceOptions(device="cpu", batch_size=args.batch_size,
+                                                        precision=args.precision))
     del model
     small = np.random.default_rng(0).integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
     image = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     before = _current_rss_mib()
     start = time.perf_counter()
-    mask = slide_predict(predictor, image, SlideOptions(progress=False))
+    mask = slide_predict(predictor.engine, image, SlideOptions(progress=False))
     seconds = time.perf_counter() - start
     stride = strides((args.window, args.window), SlideOptions.overlap)[0]
     windows = len(window_starts(height, args.window, stride)) * len(window_starts(width, args.window, stride))

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_description  # noqa: E402
 from bench.original_loader import OriginalDeeplabDataset  # noqa: E402
-from nets.deeplabv3_plus import DeepLab  # noqa: E402
+from nets.spec import ModelSpec, build_model  # noqa: E402
 from utils.data.dataset import SegmentationDataset  # noqa: E402
 from utils.data.demo import make_demo_dataset  # noqa: E402
 from utils.data.io import read_class_names  # noqa: E402
@@ -97,7 +97,7 @@ def original_f_score(inputs: torch.Tensor, target: torch.Tensor, smooth: float =
 
 def original_model(num_classes: int, backbone: str) -> torch.nn.Module:
     """The original's DeepLab: ours (same keys and function) with PyTorch's own ``nn.Dropout``, in NCHW."""
-    model = DeepLab(num_classes, backbone)
+    model = build_model(ModelSpec(backbone=backbone, num_classes=num_classes), init="pytorch")
     for module in model.modules():
         for name, child in module.named_children():
             if isinstance(child, torch.nn.Dropout):

@@ -34,4 +34,4 @@ def test_torchrun_two_processes_on_cpu(train_data_root, init_weights, tmp_path):
     assert ckpt["epoch"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
     _model, config = load_model(save_dir / "last.pth")
-    assert config["num_classes"] == 4
+    assert config.num_classes == 4

@@ -70,7 +70,7 @@ def test_checkpoint_holds_the_training_state(smoke_run):
 def test_checkpoint_loads_for_prediction_without_flags(smoke_run, train_data_root):
     _, save_dir = smoke_run
     model, config = load_model(save_dir / "best.pth")
-    assert config["num_classes"] == 4 and config["input_size"] == [64, 64]
+    assert config.num_classes == 4 and config.input_size == (64, 64)
     assert model.cls_conv.out_channels == 4
     image = load_image(next((train_data_root / "JPEGImages").iterdir()))
     mask = Predictor.from_weights(save_dir / "best.pth", InferenceOptions(device="cpu")).predict([image])[0]

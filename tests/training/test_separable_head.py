@@ -33,14 +33,14 @@ def test_checkpoint_records_and_rebuilds_the_separable_head(separable_run, train
     ckpt = torch.load(separable_run / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["spec"]["head"] == "separable"
     model, config = load_model(separable_run / "last.pth")
-    assert model.head == "separable" and config["head"] == "separable"
+    assert model.head == "separable" and config.head == "separable"
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model"][key]), key
 
     # A bare state dict of it (no config): the head is read from the key names.
     torch.save(ckpt["model"], tmp_path / "bare.pth")
     bare, bare_config = load_model(tmp_path / "bare.pth")
-    assert bare.head == "separable" and bare_config["head"] == "separable"
+    assert bare.head == "separable" and bare_config.head == "separable"
 
     image = load_image(next((train_data_root / "JPEGImages").iterdir()))
     predictor = Predictor.from_weights(separable_run / "last.pth", InferenceOptions(device="cpu", precision="fp32"))
@@ -67,10 +67,10 @@ def test_onnx_export_of_the_separable_head(separable_run, tmp_path, capsys):
 
 def test_files_without_a_head_entry_load_the_standard_head(tiny_checkpoint, tmp_path):
     model, config = load_model(tiny_checkpoint)  # written before --head existed
-    assert model.head == "standard" and config["head"] == "standard"
+    assert model.head == "standard" and config.head == "standard"
     torch.save(DeepLab(3).state_dict(), tmp_path / "original.pth")  # the original release's bare layout
     model, config = load_model(tmp_path / "original.pth")
-    assert model.head == "standard" and config["head"] == "standard"
+    assert model.head == "standard" and config.head == "standard"
 
 
 def test_resuming_with_another_head_is_explained(separable_run, train_data_root, tmp_path):
