@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_args(root: Path, weights: Path, save_dir: Path, *extra: str) -> list[str]:
     # One frozen epoch (from --weights) so the phase switch is part of what must resume exactly; one
-    # worker so worker seeding is too.
+    # (persistent) worker so that per-sample seeding in a worker process is too.
     return [sys.executable, "train.py", "--data-root", str(root), "--classes", str(root / "classes.txt"),
             "--weights", str(weights),
             "--input-size", "64", "--epochs", "4", "--freeze-epochs", "1", "--freeze-batch-size", "4",
@@ -122,10 +122,13 @@ class StopAfter(StopRequest):
         pass
 
 
-def test_stop_in_the_middle_of_an_epoch_resumes_exactly(train_data_root, init_weights, tmp_path, monkeypatch):
-    def argv(save_dir: Path, *extra: str) -> list[str]:
+def test_stop_in_the_middle_of_an_epoch_resumes_exactly_with_another_worker_count(train_data_root, init_weights,
+                                                                                 tmp_path, monkeypatch):
+    """Each sample is a function of (seed, epoch, index): resuming with 2 workers a run that loaded in-process
+    ends with the weights of the uninterrupted in-process run."""
+    def argv(save_dir: Path, *extra: str, workers: int = 0) -> list[str]:
         return [*run_args(train_data_root, init_weights, save_dir, *extra)[2:], "--epochs", "3",
-                "--freeze-batch-size", "2", "--workers", "0"]
+                "--freeze-batch-size", "2", "--workers", str(workers)]
 
     assert main(parse_args(argv(tmp_path / "ref"))) == 0
     reference = torch.load(tmp_path / "ref" / "last.pth", map_location="cpu", weights_only=True)
@@ -135,5 +138,5 @@ def test_stop_in_the_middle_of_an_epoch_resumes_exactly(train_data_root, init_we
     # 4 batches in epoch 1, then 2 of epoch 2 done when the stop is seen.
     assert (stopped["epoch"], stopped["iteration"]) == (1, 2)
     monkeypatch.undo()
-    assert main(parse_args(argv(tmp_path / "run", "--resume", "auto"))) == 0
+    assert main(parse_args(argv(tmp_path / "run", "--resume", "auto", workers=2))) == 0
     assert_same_state(reference, torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=True))

@@ -128,7 +128,7 @@ class SegmentationDataset(Dataset):
         return label if self.label_map is None else self.label_map.apply(label)
 
     def set_rng(self, rng: np.random.Generator) -> None:
-        """Use ``rng`` for the augmentation (the loader's worker seeding calls this)."""
+        """Use ``rng`` for the augmentation of ``dataset[index]`` (the loaders pass a generator per sample instead)."""
         self.rng = rng
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,11 +149,18 @@ class SegmentationDataset(Dataset):
         return image, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(index, self.rng)
+
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` with its augmentation drawn from ``rng`` alone (the same rng state, the same sample).
+
+        :class:`utils.data.loader.SeededLoader` passes a generator seeded from (seed, epoch, index).
+        """
         image, label = self.load_pair(index)
         if self.train and self.crop is not None:
-            image, label = crop_augment(image, label, self.crop, self.rng)
+            image, label = crop_augment(image, label, self.crop, rng)
         elif self.train:
-            image, label = augment(image, label, self.input_size, self.rng)
+            image, label = augment(image, label, self.input_size, rng)
         else:
             image, label, _ = letterbox(image, self.input_size, label)
         # A (3, H, W) view of the HWC array: the batch collation makes the one contiguous copy.

@@ -1,48 +1,61 @@
-"""Data loaders whose order and augmentation are a pure function of (seed, rank, worker, epoch).
+"""Data loaders whose order and augmentation are pure functions of the seed, the epoch and the sample.
 
 :func:`build_loader` gives the loader of a split (training shuffles, validation keeps order;
 :class:`ShardSampler` / ``DistributedSampler`` under torchrun), :func:`set_loader_epoch` picks
-the epoch that seeds the next pass, and :func:`to_device` turns a uint8 batch into float
-images in [0, 1] and int64 labels on the device.
+the epoch of the next pass, and :func:`to_device` turns a uint8 batch into float images in
+[0, 1] and int64 labels on the device.
+
+The shuffle order of an epoch comes from (seed, rank, epoch) (:func:`order_seed`); the
+augmentation of a sample from (seed, epoch, index) alone (:func:`sample_rng`): the sampler sends
+each worker ``(epoch, index)`` keys, and the worker builds that sample's generator. Nothing
+depends on which worker loads a sample or on how many there are, so the workers are kept
+across epochs (persistent workers: no fork, no refilled pipeline, no copy-on-write faults
+in the training process at every epoch) and a resumed run still draws bitwise the same samples.
 """
 
 from __future__ import annotations
 
 import math
-import random
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from utils.errors import UserError
 
-
-def worker_seed(seed: int, rank: int, worker: int, epoch: int) -> np.random.SeedSequence:
-    """Seed sequence for one data worker: distinct for every (seed, rank, worker, epoch) and reproducible."""
-    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(rank), int(worker), int(epoch)])
-
-
-def _seed_everything_here(dataset: Dataset, sequence: np.random.SeedSequence) -> None:
-    """Seed this process's numpy/random/torch generators and the dataset's augmentation generator."""
-    words = sequence.generate_state(4)
-    random.seed(int(words[0]))
-    # Third-party code may draw from the legacy global generator: seed it too.
-    np.random.seed(int(words[1]))
-    torch.manual_seed(int(words[2]) << 32 | int(words[3]))
-    if hasattr(dataset, "set_rng"):
-        dataset.set_rng(np.random.default_rng(sequence))
+# First word of every sample's seed: keeps the augmentation streams apart from the other streams
+# seeded from (seed, ...) words, e.g. dropout's (seed, rank, epoch) in utils.training.epoch.
+_SAMPLE_STREAM = 0x73616D70  # "samp"
+_ORDER_STREAM = 0x6F726472  # "ordr"
+_WORKERS_STREAM = 0x776F726B  # "work"
+_MASK64 = (1 << 64) - 1
 
 
-class _WorkerInit:
-    """Picklable worker_init_fn; the loader updates ``epoch`` before each pass starts its workers."""
+def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """Seed sequence of one sample's augmentation in one epoch: distinct for every (seed, epoch, index).
 
-    def __init__(self, seed: int, rank: int) -> None:
-        self.seed, self.rank, self.epoch = seed, rank, 0
+    The rank is not part of it: the samplers give each rank distinct indices (DistributedSampler
+    repeats at most ``world_size - 1`` of them to even out the shards), and leaving it out makes a
+    sample's augmentation the same whichever rank, worker or world size draws it.
+    """
+    return np.random.SeedSequence([_SAMPLE_STREAM, int(seed) & _MASK64, int(epoch), int(index)])
 
-    def __call__(self, worker_id: int) -> None:
-        info = torch.utils.data.get_worker_info()
-        _seed_everything_here(info.dataset, worker_seed(self.seed, self.rank, worker_id, self.epoch))
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator that augments sample ``index`` in ``epoch`` (see :func:`sample_seed`)."""
+    return np.random.default_rng(sample_seed(seed, epoch, index))
+
+
+def _seed63(*words: int) -> int:
+    """A non-negative 63-bit seed (what torch.Generator takes) from ``words``."""
+    return int(np.random.SeedSequence([int(word) & _MASK64 for word in words]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def order_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of the shuffle order of ``epoch`` on ``rank``."""
+    return _seed63(_ORDER_STREAM, seed, rank, epoch)
 
 
 class ShardSampler(Sampler[int]):
@@ -51,14 +64,55 @@ class ShardSampler(Sampler[int]):
     def __init__(self, length: int, rank: int, world_size: int) -> None:
         self.indices = list(range(rank, length, world_size))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-def _plain_worker_errors(batches):
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` for every index of ``inner``: tells the worker which epoch a sample is for.
+
+    The main process iterates the sampler when a pass starts, so setting ``epoch`` before that
+    reaches persistent workers without restarting them.
+    """
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner = inner
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(index)) for index in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+class KeyedSamples(Dataset):
+    """``dataset`` indexed by ``(epoch, index)`` keys: each sample gets its own generator from :func:`sample_rng`.
+
+    A dataset with ``sample(index, rng)`` (:class:`utils.data.dataset.SegmentationDataset`) is
+    called with that generator; any other is indexed plainly (it has no augmentation to seed).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self._sample = getattr(dataset, "sample", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if self._sample is None:
+            return self.dataset[index]
+        return self._sample(index, sample_rng(self.seed, epoch, index))
+
+
+def _plain_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
     """Re-raise a worker's UserError with its own message, without the worker traceback torch adds."""
     try:
         yield from batches
@@ -70,18 +124,31 @@ def _plain_worker_errors(batches):
 
 
 class SeededLoader(DataLoader):
-    """DataLoader whose shuffling and augmentation are a pure function of (seed, rank, worker, epoch).
+    """DataLoader whose order is a function of (seed, rank, epoch) and each sample of (seed, epoch, index).
 
     Call :func:`set_loader_epoch` before each epoch; an epoch that is iterated a second time
     without it advances to the next epoch on its own, so augmentations never repeat by mistake.
-    Workers are started afresh for every pass (no persistent workers) so each pass reseeds them.
+    With workers they persist across passes (:meth:`release_workers` ends them); ``source`` is
+    the dataset given (``dataset`` is its :class:`KeyedSamples` wrapper).
     """
 
-    def __init__(self, *args, seed: int, rank: int, **kwargs) -> None:
+    def __init__(self, dataset: Dataset, *, seed: int, rank: int, shuffle: bool,
+                 sampler: Sampler[int] | None = None, **kwargs: Any) -> None:
         self.seed, self.rank = int(seed), int(rank)
-        self.worker_init = _WorkerInit(self.seed, self.rank)
+        self.source = dataset
         self.shuffle_generator = torch.Generator()
-        super().__init__(*args, worker_init_fn=self.worker_init, generator=self.shuffle_generator, **kwargs)
+        if sampler is None:
+            indices = range(len(dataset))  # type: ignore[arg-type]
+            sampler = (RandomSampler(indices, generator=self.shuffle_generator) if shuffle
+                       else SequentialSampler(indices))
+        self.epoch_sampler = EpochSampler(sampler)
+        # The iterator draws the workers' base seed (their global random/numpy/torch seeds, for
+        # third-party code; the augmentation does not use them) from this generator, not from the
+        # training process's global one, whose stream (dropout) must not depend on the loader.
+        workers_generator = torch.Generator().manual_seed(_seed63(_WORKERS_STREAM, self.seed, self.rank))
+        kwargs.setdefault("persistent_workers", kwargs.get("num_workers", 0) > 0)
+        super().__init__(KeyedSamples(dataset, self.seed), sampler=self.epoch_sampler,
+                         generator=workers_generator, **kwargs)
         self.epoch = 0
         self._epoch_used = False
 
@@ -90,20 +157,20 @@ class SeededLoader(DataLoader):
         self.epoch = int(epoch)
         self._epoch_used = False
 
-    def __iter__(self):
+    def release_workers(self) -> None:
+        """End the persistent worker processes (the next pass starts new ones); a no-op without any."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def __iter__(self) -> Iterator[Any]:
         if self._epoch_used:
             self.set_epoch(self.epoch + 1)
         self._epoch_used = True
-        self.worker_init.epoch = self.epoch
-        self.shuffle_generator.manual_seed(
-            int(worker_seed(self.seed, self.rank, 1 << 30, self.epoch).generate_state(1, np.uint64)[0] >> 1))
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(self.epoch)
-        if self.num_workers == 0 and hasattr(self.dataset, "set_rng"):
-            # In-process loading: seed only the dataset's own generator. Reseeding the global
-            # random/numpy/torch generators here would reset the training process's streams
-            # (dropout, anything else drawing from them) on every pass.
-            self.dataset.set_rng(np.random.default_rng(worker_seed(self.seed, self.rank, 0, self.epoch)))
+        self.shuffle_generator.manual_seed(order_seed(self.seed, self.rank, self.epoch))
+        self.epoch_sampler.epoch = self.epoch
+        if isinstance(self.epoch_sampler.inner, DistributedSampler):
+            self.epoch_sampler.inner.set_epoch(self.epoch)
         return _plain_worker_errors(super().__iter__())
 
 
@@ -123,12 +190,13 @@ def build_loader(
     With ``world_size > 1`` training uses a :class:`DistributedSampler` (seeded by ``seed``) and
     validation a :class:`ShardSampler` (each sample on exactly one rank). ``drop_last`` defaults
     to True for training when there is at least one full batch, and is always False for validation.
-    Worker seeds derive from (seed, rank, worker, epoch); see :func:`set_loader_epoch`.
+    Workers persist across epochs; see :func:`set_loader_epoch` for what seeds a pass.
     ``pin_memory`` defaults to whether CUDA is available; pass False when the batches stay on the CPU.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
-    length = len(dataset)
+    length = len(dataset)  # type: ignore[arg-type]
+    sampler: Sampler[int] | None = None
     if train:
         per_rank = math.ceil(length / world_size)
         if drop_last is None:
@@ -136,17 +204,14 @@ def build_loader(
         if world_size > 1:
             sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                          seed=int(seed), drop_last=False)
-            shuffle = None
-        else:
-            sampler, shuffle = None, True
     else:
         drop_last = False
-        sampler = ShardSampler(length, rank, world_size) if world_size > 1 else None
-        shuffle = False
+        if world_size > 1:
+            sampler = ShardSampler(length, rank, world_size)
     return SeededLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=train,
         sampler=sampler,
         num_workers=max(0, int(workers)),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -157,11 +222,18 @@ def build_loader(
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch that seeds the next pass of ``loader`` (shuffle order and worker augmentation)."""
+    """Set the epoch of the next pass of ``loader``: its shuffle order and every sample's augmentation."""
     if isinstance(loader, SeededLoader):
         loader.set_epoch(epoch)
     elif isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)
+
+
+def release_other_workers(loaders: Iterable[DataLoader], keep: DataLoader) -> None:
+    """End the persistent workers of every loader in ``loaders`` but ``keep`` (e.g. the other training phase's)."""
+    for loader in loaders:
+        if loader is not keep and isinstance(loader, SeededLoader):
+            loader.release_workers()
 
 
 def to_device(

@@ -1,7 +1,8 @@
 """One training epoch: per batch the forward pass, loss, backward, optimizer step and LR scheduler step.
 
-Reproducibility: the data order and augmentation of an epoch depend only on (seed, rank,
-worker, epoch) (:func:`utils.data.loader.set_loader_epoch`), and torch's global generator
+Reproducibility: the data order of an epoch depends only on (seed, rank, epoch) and each
+sample's augmentation on (seed, epoch, index) (:mod:`utils.data.loader`; the workers persist
+across epochs and need no reseeding), and torch's global generator
 (dropout) is re-seeded from (seed, rank, epoch) at the epoch's start. Resuming in the middle
 of an epoch draws and discards the batches already done, then restores the generator states
 saved at the interruption, so the rest of the epoch is the same as without the stop.
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.data.loader import SeededLoader, set_loader_epoch, to_device
+from utils.data.loader import SeededLoader, release_other_workers, set_loader_epoch, to_device
 from utils.errors import UserError
 from utils.training.builder import RunParts
 from utils.training.distributed import all_reduce_sum
@@ -133,6 +134,9 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
     args, ctx = parts.args, parts.ctx
     guard = guard or NonFiniteGuard()
     model.train()
+    # Workers persist across epochs: end those of the other training phase's loader (its batch size
+    # differs), so that at most this loader's and the validation loader's pools hold memory.
+    release_other_workers(parts.loaders.values(), keep=loader)
     set_loader_epoch(loader, epoch)
     # Dropout draws from torch's global generator: make it a function of the epoch.
     torch.manual_seed(int(np.random.SeedSequence([args.seed, ctx.rank, epoch]).generate_state(1)[0]))
