@@ -13,7 +13,8 @@ than N(0, 0.02), and from-scratch training then barely moves the backbone.
 - ``normal``: the original release's rule. Convolution weights from N(0, 0.02), their biases 0;
   BatchNorm scales from N(1, 0.02), shifts 0.
 - ``kaiming``: torchvision's MobileNetV2 rule. Convolution weights Kaiming-normal from the
-  fan-out (``out_channels * k * k / groups``, so depthwise kernels stay narrow), biases 0;
+  fan-out (PyTorch's ``out_channels * k * k``, not divided by the groups, so depthwise kernels stay
+  narrow), biases 0;
   BatchNorm scales 1, shifts 0.
 - ``pytorch``: the layers' own defaults (what this toolkit did before the rule was explicit),
   kept to reproduce older runs.
