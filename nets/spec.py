@@ -174,7 +174,7 @@ def build_model(spec: ModelSpec, pretrained: bool = False, init: str | None = No
                     in_channels=spec.in_channels)
     rule = init or spec.init or DEFAULT_INIT
     if rule != "pytorch":  # the layers were just built with their own defaults
-        init_weights(model, rule)
+        init_weights(model, rule, classifier=model.cls_conv)
     if pretrained:
         from nets.pretrained import load_imagenet_backbone
 

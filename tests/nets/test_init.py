@@ -42,18 +42,21 @@ def family(name: str, conv: nn.Conv2d) -> str:
     return "dense 3x3"
 
 
-def expected_std(rule: str, conv: nn.Conv2d) -> tuple[float, str]:
-    """(std, distribution) of a freshly initialised weight of ``conv`` under ``rule``.
+def expected_std(rule: str, conv: nn.Conv2d, name: str = "") -> tuple[float, str]:
+    """(std, distribution) of a freshly initialised weight of ``conv`` (named ``name``) under ``rule``.
 
     normal: N(0, 0.02). kaiming: torchvision MobileNetV2's ``kaiming_normal_(mode="fan_out")``,
     N(0, sqrt(2 / fan_out)) with fan_out = out * kh * kw: torch counts every output channel, groups
     or not, which is what keeps a depthwise 3x3 narrow (std 0.083 for 32 channels; dividing by the
-    groups would make it 0.47). pytorch: Kaiming-uniform with a = sqrt(5) from the fan-in
+    groups would make it 0.47); its classifier, like torchvision's, N(0, 0.01).
+    pytorch: Kaiming-uniform with a = sqrt(5) from the fan-in
     (in / groups * kh * kw), i.e. U(-b, b) with b = 1 / sqrt(fan_in), whose std is b / sqrt(3).
     """
     kh, kw = conv.kernel_size
     if rule == "normal":
         return 0.02, "normal"
+    if rule == "kaiming" and family(name, conv) == "classifier":
+        return 0.01, "normal"
     if rule == "kaiming":
         fan_out = conv.out_channels * kh * kw
         return math.sqrt(2.0 / fan_out), "normal"
@@ -80,7 +83,7 @@ def assert_conv_rule(model: nn.Module, rule: str,
     pooled: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
     for name, layer in model.named_modules():
         if isinstance(layer, nn.Conv2d):
-            std, dist = expected_std(rule, layer)
+            std, dist = expected_std(rule, layer, name)
             values = layer.weight.detach().flatten() / std
             assert_spread(values, f"{name} ({family(name, layer)})", dist)
             pooled[(family(name, layer), dist)].append(values)
