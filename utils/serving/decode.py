@@ -95,7 +95,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise UploadError(413, f"the image is too large to decode ({exc})") from None
+        # Pillow's own limit (far above the default --max-pixels) stops it before the header check below.
+        raise UploadError(413, f"the image holds more than {max_pixels} pixels, the most this service takes "
+                          f"(--max-pixels): downscale it first ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UploadError(415, "the upload is not an image this service can read (JPEG, PNG, BMP, TIFF, "
                           "WebP...)") from None
