@@ -101,7 +101,6 @@ def main(args: argparse.Namespace) -> int:
     options = serve_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sock = bind(options.host, options.port)
     args.batch_size = options.max_batch
     names = read_class_names(args.classes) if args.classes else None
@@ -112,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     host, port = sock.getsockname()[:2]
     print(f"serving {args.weights or args.onnx} on http://{host}:{port}/ (API docs: /docs)", flush=True)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     return 0
 
