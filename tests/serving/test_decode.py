@@ -88,9 +88,8 @@ def test_image_bytes_from_the_multipart_field_or_the_raw_body():
     content_type, body = multipart({"note": b"hello", "image": payload})
     assert image_bytes(content_type, body) == payload
     assert image_bytes("image/jpeg", payload) == payload
-    for content_type, body, status in [(multipart({"file": payload})[0], multipart({"file": payload})[1], 400),
-                                       ("application/json", b"{}", 415), (None, payload, 415),
-                                       ("multipart/form-data", body, 400), ("image/png", b"", 400)]:
+    for kind, data, status in [(*multipart({"file": payload}), 400), ("application/json", b"{}", 415),
+                               (None, payload, 415), ("multipart/form-data", body, 400), ("image/png", b"", 400)]:
         with pytest.raises(UploadError) as caught:
-            image_bytes(content_type, body)
+            image_bytes(kind, data)
         assert caught.value.status == status
