@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import mix, save_index_png
 from utils.serving.batcher import Batcher, QueueFullError
-from utils.serving.decode import UploadError, decode_image, image_bytes
+from utils.serving.decode import UploadError, upload_image
 from utils.serving.model import ModelRunner, Settings, SettingsError
 from utils.serving.options import ServeOptions
 
@@ -195,8 +195,7 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
         if batcher.queued >= batcher.max_queue:
             return _busy("the queue is full")
         body = await _read_body(request, options.max_upload_bytes)
-        data = image_bytes(request.headers.get("content-type"), body)
-        image = await run_in_threadpool(decode_image, data, options.max_pixels)
+        image = await run_in_threadpool(upload_image, request.headers.get("content-type"), body, options.max_pixels)
         try:
             future = batcher.submit(settings, image)
         except QueueFullError:

@@ -85,6 +85,11 @@ def _multipart_field(body: bytes, boundary: bytes | None) -> bytes:
     raise UploadError(400, f"the multipart body has no field '{FIELD}': send the file as {FIELD}=@photo.jpg")
 
 
+def upload_image(content_type: str | None, body: bytes, max_pixels: int) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a request body: :func:`image_bytes`, then :func:`decode_image`."""
+    return decode_image(image_bytes(content_type, body), max_pixels)
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """uint8 (H, W, 3) RGB of an image file's bytes, decoded as :func:`utils.data.io.load_image` decodes a file
     (EXIF orientation applied, any mode to RGB; complete plain RGB JPEGs and PNGs by OpenCV).
