@@ -122,8 +122,8 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
         # One full batch through the worker: the first forward pass allocates and picks kernels.
         canvas = np.full((*predictor.input_size, 3), 127, dtype=np.uint8)
         settings = runner.settings(None, None, None)
-        futures = [batcher.submit(settings, canvas) for _ in range(options.max_batch)]
         try:
+            futures = [batcher.submit(settings, canvas) for _ in range(min(options.max_batch, options.max_queue))]
             for future in futures:
                 future.result()
         except Exception as exc:  # reported: /health stays 503 and says why
