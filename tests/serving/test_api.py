@@ -11,13 +11,16 @@ import zlib
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from utils.inference.options import InferenceOptions
 from utils.inference.predictor import Predictor
 from utils.inference.visualize import make_palette
+from utils.serving.app import create_app
+from utils.serving.options import ServeOptions
 
-from .conftest import counted, encode, picture
+from .conftest import counted, encode, picture, wait_ready
 
 
 def post(client, body: bytes, query: str = "", content_type: str = "image/png"):
@@ -260,3 +263,16 @@ def test_nothing_in_a_request_reaches_the_file_system(predictor, serve):
         watching.clear()
     assert [r.status_code for r in responses] == [200, 200, 400]
     assert opened == []
+
+
+def test_health_is_503_until_the_warm_up_batch_has_run(predictor):
+    counter = counted(predictor)
+    counter.gate = threading.Event()  # holds the warm-up's forward pass
+    with TestClient(create_app(predictor, ServeOptions(max_batch=4, max_queue=2))) as client:
+        response = client.get("/health")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "warming up" in response.json()["error"]
+        counter.gate.set()
+        wait_ready(client)
+        assert counter.sizes == [2]  # the warm-up batch: max_batch, capped by the queue's room
+        assert post(client, encode(picture(20, 20))).status_code == 200
