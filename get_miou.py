@@ -7,6 +7,7 @@ Examples::
     python get_miou.py --weights logs/best.pth --mode predict        # only write the index PNGs
     python get_miou.py --mode eval --classes model_data/classes.txt  # score PNGs already in --pred-dir
     python get_miou.py --weights logs/best.pth --threshold 0.4       # binary model: another threshold
+    python get_miou.py --onnx model_int8.onnx                        # an ONNX export (fp32 or int8), scored alike
 
 Modes: ``predict`` writes one index PNG per image (original resolution, palette mode, pixel
 value = class index) into ``--pred-dir``; ``eval`` scores the PNGs in ``--pred-dir`` against
@@ -44,6 +45,7 @@ from utils.evaluation.threshold import (
     sweep_rows,
     threshold_arg,
 )
+from utils.inference.backends import OnnxBackend
 from utils.inference.cli import add_slide_arguments, build_predictor
 
 
@@ -73,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      "table, plots and metrics.json.")
     parser.add_argument("--weights", help="checkpoint from train.py or an original release .pth "
                         "(needed by --mode all/predict; in eval mode only used for the class names)")
+    parser.add_argument("--onnx", metavar="PATH", help="score this ONNX export (fp32 or int8, spec from its "
+                        "metadata) with ONNX Runtime instead of --weights")
     parser.add_argument("--data-root", default="VOCdevkit/VOC2007",
                         help="dataset in the VOC layout (default: %(default)s)")
     parser.add_argument("--split", default="val", help="split file ImageSets/Segmentation/<split>.txt "
@@ -151,6 +155,8 @@ def main(args: argparse.Namespace) -> int:
     """
     out = Path(args.out)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out / "detection-results"
+    if args.weights and args.onnx:
+        raise UserError(f"--weights {args.weights} and --onnx {args.onnx} name two models: give one of them")
     names = _flag_class_names(args)
     sweep = None
 
@@ -159,14 +165,18 @@ def main(args: argparse.Namespace) -> int:
         if args.weights:
             spec = _checkpoint_spec(args.weights, args.num_classes, names, args.threshold)
             names = list(spec.class_names or default_class_names(spec.num_classes))
+        elif args.onnx:
+            spec = OnnxBackend(args.onnx).resolved_spec(names, threshold=args.threshold)
+            names = list(spec.class_names or default_class_names(spec.num_classes))
         elif names is None:
             names = default_class_names(args.num_classes or 21)
         matrix = score_split(args.data_root, args.split, pred_dir, len(names), workers=args.workers,
                              label_map=_label_map(args, spec))
         print(f"scored {pred_dir} against {Path(args.data_root) / 'SegmentationClass'} ({args.split} split)")
     else:
-        if not args.weights:
-            raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth)")
+        if not (args.weights or args.onnx):
+            raise UserError(f"--mode {args.mode} needs --weights (a checkpoint from train.py or an original .pth) "
+                            "or --onnx (an export)")
         predictor = build_predictor(args, names, progress=not args.no_progress)
         spec = predictor.spec
         names = predictor.class_names

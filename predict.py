@@ -10,6 +10,7 @@ Examples::
     python predict.py --weights logs/best.pth --fps 100
     python predict.py --weights logs/best.pth --export-onnx model.onnx --dynamic
     python predict.py --onnx model.onnx img/street.jpg
+    python predict.py --weights logs/best.pth --export-onnx int8.onnx --int8 --calib-data VOCdevkit/VOC2007
     python predict.py --weights logs/best.pth photos/ --save-prob       # + <name>_prob.png (probabilities)
 
 All modes share :class:`utils.inference.predictor.Predictor`; drawing is in :mod:`utils.inference.visualize`.
@@ -33,6 +34,7 @@ from utils.inference.cli import add_slide_arguments, build_predictor, output_opt
 from utils.inference.inputs import find_images
 from utils.inference.onnx_export import DEFAULT_OPSET, EXPORTERS
 from utils.inference.outputs import Run, report_counts
+from utils.inference.quantize import CALIBRATION_METHODS, QuantizeOptions
 from utils.inference.video import check_not_input, run_video
 from utils.inference.visualize import MIX_MODES
 
@@ -57,6 +59,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                         help="ONNX exporter (default: %(default)s, fast; dynamo is slower, same graph)")
     parser.add_argument("--no-simplify", action="store_true", help="ONNX export: skip onnxsim even if installed")
+    parser.add_argument("--int8", action="store_true", help="ONNX export: quantize to int8 (ONNX Runtime static "
+                        "QDQ, per-channel), calibrated on --calib-data through the inference pre-processing")
+    parser.add_argument("--calib-data", metavar="ROOT", help="--int8: calibration images, a dataset in the VOC "
+                        "layout (its --calib-split) or a folder of images")
+    parser.add_argument("--calib-split", default="train", help="--int8: split of --calib-data (default: %(default)s)")
+    parser.add_argument("--calib-images", type=int, default=QuantizeOptions.calib_images, metavar="N",
+                        help="--int8: calibration images, spread over the split (default: %(default)s)")
+    parser.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=QuantizeOptions.method,
+                        help="--int8: activation ranges from the calibration tensors (default: %(default)s)")
     parser.add_argument("--mix", choices=MIX_MODES, default="blend",
                         help="blend with the image, colour mask only, or objects cut out on black")
     parser.add_argument("--alpha", type=float, default=0.7, help="blend: weight of the colour mask (default 0.7)")
@@ -88,7 +99,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be at least 1")
     if args.fps is not None and args.fps < 1:
         parser.error("--fps N needs N >= 1")
+    if args.int8 and not (args.export_onnx and args.calib_data):
+        parser.error("--int8 needs --export-onnx OUT.onnx and --calib-data ROOT (calibration images)")
+    if args.calib_data and not args.int8:
+        parser.error("--calib-data calibrates an int8 export: add --int8 (and --export-onnx OUT.onnx)")
+    if args.calib_images < 1:
+        parser.error("--calib-images N needs N >= 1")
     return args
+
+
+def _int8_options(args: argparse.Namespace) -> QuantizeOptions | None:
+    """The --int8 flags as options (None without --int8)."""
+    if not args.int8:
+        return None
+    return QuantizeOptions(args.calib_data, calib_split=args.calib_split, calib_images=args.calib_images,
+                           method=args.calib_method, batch_size=args.batch_size, threads=args.threads)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -98,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     if args.export_onnx:
         export(args.weights, args.export_onnx, class_names=names, downsample_factor=args.downsample_factor,
                input_size=args.input_size, dynamic=args.dynamic, opset=args.opset, simplify=not args.no_simplify,
-               exporter=args.exporter)
+               exporter=args.exporter, int8=_int8_options(args))
         if not (args.inputs or args.video or args.fps):
             return 0
     outputs = output_options(args)

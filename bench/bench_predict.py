@@ -8,7 +8,9 @@ For each size (default 500x375, 1330x1330, 1920x1080, 4032x3024 and a 6000x4500 
   photo's size, argmax, palette colours, ``Image.blend(..., 0.7)``, PIL save;
 - **ours** (:func:`ours_full_path`), what ``predict.py`` runs per image: ``load_image`` ->
   ``Predictor.predict`` -> ``mix`` -> ``write_image``, in ``predict.py``'s default precision and in
-  float32 (one row when the default is float32 on this machine).
+  float32 (one row when the default is float32 on this machine);
+- **ours onnx fp32 / ours onnx int8** (``--no-onnx`` skips them): the same path with ``predict.py --onnx`` on
+  the model's static fp32 export and on its int8 export (``--int8``, calibrated on a few test photos).
 
 Reported per size: ms per image (minimum and median over interleaved rounds), the ratio
 ours / original, the share of the full path that is not the forward pass (the model call is
@@ -52,9 +54,11 @@ from utils.data.io import load_image, voc_palette
 from utils.inference.app import predict_jobs
 from utils.inference.cli import output_options
 from utils.inference.inputs import find_images
+from utils.inference.onnx_export import export_onnx
 from utils.inference.options import InferenceOptions
 from utils.inference.outputs import Run, write_image
 from utils.inference.predictor import Predictor
+from utils.inference.quantize import QuantizeOptions, quantize_onnx
 from utils.inference.visualize import make_palette, mix
 
 SIZE = 512
@@ -73,6 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also time predict.py's folder loop on N photos of --folder-size (0 skips; "
                              "default: %(default)s)")
     parser.add_argument("--folder-size", default="1920x1080", metavar="WxH", help="default: %(default)s")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime fp32 and int8 rows")
     parser.add_argument("--rss-case", nargs=2, metavar=("METHOD", "WxH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sizes = [parse_size(text) for text in args.sizes]
@@ -108,6 +113,7 @@ class SceneModel(torch.nn.Module):
         self.net = build_model(ModelSpec(backbone=backbone, num_classes=21), init="pytorch").eval()
         coarse = torch.randn(1, 21, SIZE // 64, SIZE // 64, generator=torch.Generator().manual_seed(0)) * 4
         self.register_buffer("field", F.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False))
+        self.eval()  # the export restores the mode it found: keep it eval for every candidate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) + self.field
@@ -158,9 +164,27 @@ def ours_full_path(predictor: Predictor, source: Path, target: Path, palette: np
     return mask
 
 
-def methods(model: torch.nn.Module, only: str | None = None
+def onnx_predictors(model: torch.nn.Module, folder: Path) -> dict[str, Predictor]:
+    """``predict.py --onnx`` predictors (batch 1) of the model's static fp32 export and of its int8 export,
+    calibrated on six test photos of several sizes; the files are written into ``folder``."""
+    spec = ModelSpec(num_classes=21, input_size=(SIZE, SIZE))
+    calib = folder / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    for index, (width, height) in enumerate([(500, 375), (640, 480), (375, 500), (1280, 720), (800, 800),
+                                             (1024, 576)]):
+        test_photo(calib / f"{index}.jpg", height, width)
+    export_onnx(model, folder / "fp32.onnx", (SIZE, SIZE), spec=spec)
+    with contextlib.redirect_stderr(io.StringIO()):
+        quantize_onnx(folder / "fp32.onnx", folder / "int8.onnx", QuantizeOptions(calib, batch_size=1))
+    options = InferenceOptions(device="cpu", batch_size=1)
+    return {name: Predictor.from_onnx(folder / f"{precision}.onnx", options)
+            for name, precision in (("ours onnx fp32", "fp32"), ("ours onnx int8", "int8"))}
+
+
+def methods(model: torch.nn.Module, only: str | None = None, onnx_dir: Path | None = None
             ) -> dict[str, tuple[Stopwatch, Callable[[Path, Path], np.ndarray]]]:
-    """The candidates by name (or just ``only``): (the stopwatch around the forward pass, the full path)."""
+    """The candidates by name (or just ``only``): (the stopwatch around the forward pass, the full path).
+    With ``onnx_dir``, also the ONNX Runtime fp32 and int8 rows (their files written there)."""
     spec = ModelSpec(num_classes=21, input_size=(SIZE, SIZE))
     out = {}
     if only in (None, "original"):
@@ -171,6 +195,8 @@ def methods(model: torch.nn.Module, only: str | None = None
     precisions = {"ours default": default}
     if default.backend.dtype != torch.float32:
         precisions["ours fp32"] = None
+    if onnx_dir is not None and (only is None or only.startswith("ours onnx")):
+        precisions.update(onnx_predictors(model, onnx_dir))
     for name in precisions:
         if only not in (None, name):
             continue
@@ -227,7 +253,7 @@ def folder_rows(candidates: dict[str, tuple[Stopwatch, Callable[[Path, Path], np
 def peak_rss(method: str, size: tuple[int, int], args: argparse.Namespace) -> float:
     """Peak RSS in MiB of one full path run in a fresh interpreter (imports and model included)."""
     command = [sys.executable, "-m", "bench.bench_predict", "--rss-case", method, f"{size[0]}x{size[1]}",
-               "--backbone", args.backbone]
+               "--backbone", args.backbone, *(["--no-onnx"] if args.no_onnx else [])]
     if args.threads:
         command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True,
@@ -236,11 +262,12 @@ def peak_rss(method: str, size: tuple[int, int], args: argparse.Namespace) -> fl
 
 
 def rss_case(method: str, size: tuple[int, int], backbone: str) -> None:
-    """Child process of :func:`peak_rss`: run one full path and print its peak RSS as JSON."""
+    """Child process of :func:`peak_rss`: run one full path and print its peak RSS as JSON (an ONNX row's
+    export and calibration included: they run before the model is timed)."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "photo.jpg"
         test_photo(source, size[1], size[0])
-        candidates = methods(SceneModel(backbone), only=method)
+        candidates = methods(SceneModel(backbone), only=method, onnx_dir=Path(tmp) / "onnx")
         before = high_water_mib()
         candidates[method][1](source, Path(tmp) / "out.jpg")
     print(json.dumps({"peak_mib": high_water_mib(), "before_mib": before}))
@@ -266,7 +293,8 @@ def main(args: argparse.Namespace) -> int:
         rss_case(args.rss_case[0], parse_size(args.rss_case[1]), args.backbone)
         return 0
     model = SceneModel(args.backbone)
-    candidates = methods(model)
+    onnx_files = tempfile.TemporaryDirectory()
+    candidates = methods(model, onnx_dir=None if args.no_onnx else Path(onnx_files.name))
     names = list(candidates)
     print(f"machine: {machine_description('cpu')}; {args.backbone}, output stride 16, network input {SIZE}x{SIZE}, "
           f"batch 1; {args.rounds} interleaved rounds, wall clock")
@@ -311,6 +339,7 @@ def main(args: argparse.Namespace) -> int:
         reference = rows[0][1]
         for name, ms, share in rows:
             print(f"| {name} | {ms:.0f} | {ms / reference:.2f}x | {100 * share:.0f}% |")
+    onnx_files.cleanup()
     return 0
 
 

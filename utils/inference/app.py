@@ -8,6 +8,7 @@ segmentation itself is :class:`~utils.inference.predictor.Predictor`.
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from utils.inference.options import OutputOptions
 from utils.inference.outputs import Run, quantize_prob, save_outputs
 from utils.inference.pipeline import read_ahead
 from utils.inference.predictor import Predictor
+from utils.inference.quantize import QuantizeOptions, calibration_paths, int8_warning, quantize_onnx
 from utils.inference.visualize import make_palette
 
 
@@ -90,14 +92,33 @@ def interactive(predictor: Predictor, outputs: OutputOptions, run: Run) -> None:
 
 def export(weights: str | Path, target: str | Path, *, class_names: Sequence[str] | None = None,
            downsample_factor: int | None = None, input_size: Sequence[int] | None = None, dynamic: bool = False,
-           opset: int = 17, simplify: bool = True, exporter: str = "torchscript") -> None:
-    """Export the ``weights`` model to ONNX at ``target``, verify it, and only then place it there."""
+           opset: int = 17, simplify: bool = True, exporter: str = "torchscript",
+           int8: QuantizeOptions | None = None) -> None:
+    """Export the ``weights`` model to ONNX at ``target``, verify it, and only then place it there; with ``int8``,
+    quantize the verified float graph (:func:`utils.inference.quantize.quantize_onnx`) and place that instead."""
     if Path(target).resolve() == Path(weights).resolve():
         raise UserError(f"--export-onnx {target} is the --weights file itself: choose another name, e.g. model.onnx")
     model, spec = load_model(weights, device="cpu", num_classes=len(class_names) if class_names else None,
                              class_names=list(class_names) if class_names else None,
                              downsample_factor=downsample_factor, input_size=input_size)
     size = spec.input_size
+    if int8 is not None:
+        calibration_paths(int8)  # a bad --calib-data fails before the export's minute of work
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".int8-", dir=Path(target).parent) as tmp:
+            float_path = Path(tmp) / "fp32.onnx"
+            checks = export_onnx(model, float_path, size, spec=spec, dynamic=dynamic, opset=opset, simplify=simplify,
+                                 exporter=exporter)
+            for check in checks:
+                print(f"verified fp32 {check}")
+            warning = int8_warning(int8)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
+            report = quantize_onnx(float_path, target, int8)
+        shape = 'dynamic' if dynamic else f'static {size[0]}x{size[-1]}'
+        print(f"exported {target} (int8 QDQ, opset {opset}, {shape})")
+        print(report)
+        return
     # export_onnx raises (and writes nothing) when ONNX Runtime disagrees with PyTorch.
     checks = export_onnx(model, target, size, spec=spec, dynamic=dynamic, opset=opset, simplify=simplify,
                          exporter=exporter)
