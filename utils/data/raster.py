@@ -156,3 +156,15 @@ def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None) -> n
     if bands is None:
         return image
     return np.ascontiguousarray(image[:, :, [band - 1 for band in check_bands(3, bands, path)]])
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB picture of an (H, W, C) image for people: 8-bit RGB as it is; otherwise its first three
+    channels (one channel as grey), each stretched from its 2nd to its 98th percentile."""
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return image
+    channels = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    values = channels.astype(np.float32)
+    low, high = np.percentile(values.reshape(-1, 3), [2, 98], axis=0)
+    scaled = (values - low) / np.maximum(high - low, 1e-6)
+    return np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)

@@ -19,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from utils.data.dataset import SegmentationDataset
-from utils.data.io import load_image, save_label
+from utils.data.io import save_label
 from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, read_split
+from utils.data.raster import read_image
 from utils.errors import UserError
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.folders import score_folders
@@ -113,7 +114,7 @@ def predict_split(
     root = Path(root)
     if matrix is not None:
         dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False,
-                                      label_map=label_map)
+                                      label_map=label_map, bands=predictor.spec.bands)
         stems = dataset.stems
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -122,7 +123,7 @@ def predict_split(
         stems, paths = _split_images(root, split)
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-            return load_image(paths[i]), None
+            return read_image(paths[i], predictor.spec.bands), None
 
     if pred_dir is not None:
         pred_dir = Path(pred_dir)

@@ -112,6 +112,20 @@ class Predictor:
         spec = backend.resolved_spec(class_names=class_names, input_size=input_size, threshold=options.threshold)
         return cls(None, spec, options, backend=backend)
 
+    def use_bands(self, bands: Sequence[int] | None) -> None:
+        """Read ``bands`` (1-based, ``--bands``) of raster inputs instead of those the spec records; None keeps them.
+
+        Raises:
+            UserError: when their count is not the model's input channels.
+        """
+        if bands is None:
+            return
+        if len(bands) != self.spec.in_channels:
+            raise UserError(f"--bands {','.join(map(str, bands))} selects {len(bands)} band(s) but the model takes "
+                            f"{self.spec.in_channels}" + (f" (trained on bands {','.join(map(str, self.spec.bands))})"
+                                                          if self.spec.bands else ""))
+        self.spec = self.spec.replace(bands=tuple(bands))
+
     @property
     def task(self) -> Task:
         """The model's :class:`~nets.task.Task`: every "is it binary" question asks it."""
