@@ -42,7 +42,7 @@ def _smooth_field(rng: np.random.Generator, height: int, width: int, cell: int) 
     return field[:height, :width]
 
 
-def make_scene(rng: np.random.Generator, height: int, width: int, cell: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(rng: np.random.Generator, height: int, width: int, cell: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A (height, width, 4) uint16 image and its (height, width) uint8 label of classes 0, 1, 2 (see the
     module docstring); the classes split a smooth field at its terciles, so each covers about a third."""
     field = _smooth_field(rng, height, width, cell)
