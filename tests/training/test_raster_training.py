@@ -14,7 +14,8 @@ import rasterio
 import get_miou
 import train
 import voc_annotation
-from utils.checkpoint import load_model
+from nets.spec import ModelSpec, build_model
+from utils.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
 from utils.data.synthetic_rasters import write_scenes
 from utils.errors import UserError
 
@@ -31,9 +32,9 @@ def raster_run(tmp_path_factory):
     assert status == 0
     save_dir = base / "run"
     status = train.main(train.parse_args([
-        "--data-root", str(tiles), "--classes", classes, "--input-size", "64", "--epochs", "8", "--batch-size", "8",
-        "--lr", "0.2", "--workers", "0", "--device", "cpu", "--save-dir", str(save_dir), "--eval-period", "2",
-        "--save-period", "100"]))
+        "--data-root", str(tiles), "--classes", classes, "--crop-size", "64", "64", "--scale-range", "1", "1",
+        "--epochs", "10", "--batch-size", "4", "--lr", "0.2", "--workers", "0", "--device", "cpu", "--save-dir",
+        str(save_dir), "--eval-period", "2", "--save-period", "100"]))
     assert status == 0
     return tiles, save_dir
 
@@ -71,8 +72,16 @@ def test_only_band_4_is_learned_and_get_miou_scores_it_the_same(raster_run, tmp_
     assert len(masks) == len((tiles / "ImageSets/Segmentation/val.txt").read_text().split())
 
 
-def test_get_miou_refuses_bands_the_model_cannot_take(raster_run, tmp_path):
+def test_get_miou_refuses_images_the_model_cannot_take(raster_run, tmp_path):
+    """A 4-band model scored with one band selected, and a model without statistics (8-bit) on uint16
+    rasters: one clear error each."""
     tiles, save_dir = raster_run
-    with pytest.raises(UserError, match=r"--bands 4,3 selects 2 band\(s\) but the model takes 4"):
+    with pytest.raises(UserError, match=r"--bands 4 selects 1 band\(s\) but the model takes 4"):
         get_miou.main(get_miou.parse_args(["--weights", str(save_dir / "best.pth"), "--data-root", str(tiles),
-                                           "--out", str(tmp_path / "m"), "--device", "cpu", "--bands", "4,3"]))
+                                           "--out", str(tmp_path / "m"), "--device", "cpu", "--bands", "4"]))
+    rgb = tmp_path / "rgb.pth"
+    save_checkpoint({"model": build_model(ModelSpec(num_classes=3, in_channels=4)).state_dict(),
+                     "spec": ModelSpec(num_classes=3, in_channels=4).to_dict(), "format": CHECKPOINT_FORMAT}, rgb)
+    with pytest.raises(UserError, match="holds uint16 bands but the model was trained on 8-bit images"):
+        get_miou.main(get_miou.parse_args(["--weights", str(rgb), "--data-root", str(tiles), "--out",
+                                           str(tmp_path / "m2"), "--device", "cpu"]))
