@@ -46,7 +46,7 @@ from utils.evaluation.threshold import (
     threshold_arg,
 )
 from utils.inference.backends import OnnxBackend
-from utils.inference.cli import add_slide_arguments, build_predictor
+from utils.inference.cli import add_bands_argument, add_slide_arguments, build_predictor
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -103,6 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta-scales", type=_scales, default=(0.75, 1.0, 1.25), metavar="S1,S2,...",
                         help="input-size scales for --tta (default: 0.75,1.0,1.25)")
     add_slide_arguments(parser)
+    add_bands_argument(parser)
     parser.add_argument("--workers", type=_positive, help="threads that decode PNGs in eval mode "
                         "(default: the CPU count)")
     parser.add_argument("--threshold", type=threshold_arg, metavar="P",

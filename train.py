@@ -45,6 +45,8 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     data.add_argument("--label-map", metavar="SRC:DST,...|FILE", default=default(None),
                       help="remap label values as files are read, e.g. 255:1 for 0/255 masks, or 3:1,*:0 "
                       "(* = every other value); or a file of 'SRC DST' lines. Files are never rewritten")
+    data.add_argument("--bands", metavar="B1,B2,...", default=default(None),
+                      help="raster images: the bands to read, 1-based as in GDAL, e.g. 4,3,2 [all bands]")
     data.add_argument("--num-classes", type=int, default=default(21), help="number of classes [%(default)s]")
     data.add_argument("--backbone", choices=backbone_names(), default=default("mobilenet"), help="[%(default)s]")
     data.add_argument("--downsample-factor", type=int, choices=DOWNSAMPLE_FACTORS, default=default(16),

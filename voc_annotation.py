@@ -10,6 +10,7 @@ Examples::
     python voc_annotation.py --data-root data/mine --convert-rgb # VOC colours -> SegmentationClass_converted/
     python voc_annotation.py --from-labelme json_dir --data-root data/mine --classes classes.txt
     python voc_annotation.py --from-cityscapes ~/cityscapes --data-root VOCdevkit/cityscapes
+    python voc_annotation.py --from-rasters scenes/images scenes/labels --tile 512 --stride 256 --data-root data/tiles
 
 Exit status: 0 when everything is fine, 1 when a problem was found, 2 for unusable input.
 """
@@ -26,6 +27,7 @@ from utils.data.io import VOC_CLASSES, default_class_names, read_class_names
 from utils.data.label_map import parse_label_map
 from utils.data.labelme import convert_labelme
 from utils.data.layout import check_layout
+from utils.data.tiles import TileOptions, tile_scenes
 from utils.errors import UserError, run_cli
 
 
@@ -56,7 +58,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-cityscapes", default=None, metavar="ROOT",
                         help="first import Cityscapes (leftImg8bit/ and gtFine/ train and val) into --data-root: "
                         "images linked, labelIds mapped to the 19 trainIds, splits and classes.txt written")
+    parser.add_argument("--from-rasters", nargs=2, default=None, metavar=("IMAGES", "LABELS"),
+                        help="first cut the GeoTIFF scenes of IMAGES and their label scenes (same names) into "
+                        "tiles in --data-root; split by scene (or by a block of each scene when there are "
+                        "fewer than 5), val share 1 - --train-percent")
+    parser.add_argument("--tile", type=int, default=512, help="--from-rasters: tile side in pixels [%(default)s]")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="--from-rasters: step between train tiles [the tile side]; val tiles never overlap")
     return parser.parse_args(argv)
+
+
+def import_from_rasters(args: argparse.Namespace, root: Path) -> None:
+    """``--from-rasters``: cut the scenes into tiles and split files in ``root``, and say what was written."""
+    if args.from_labelme or args.from_cityscapes or args.check_only:
+        raise UserError("--from-rasters writes its own tiles and splits: drop --from-labelme, --from-cityscapes "
+                        "and --check-only")
+    try:
+        options = TileOptions(args.tile, args.stride, round(1 - args.train_percent, 6), args.seed, args.force)
+    except ValueError as exc:
+        flag = {"tile": "--tile", "stride": "--stride"}.get(str(exc).split()[0], "--train-percent")
+        raise UserError(f"{flag}: {exc}") from None
+    result = tile_scenes(*args.from_rasters, root, options)
+    how = ("whole scenes" if result.split_by == "scene" else
+           "a block of rows at the bottom of each scene (fewer than 5 scenes)")
+    print(f"cut {result.scenes} scene(s) into {result.tiles['train']} train and {result.tiles['val']} val tile(s) "
+          f"of {args.tile} px in {root}; val is {how}; skipped {result.skipped_nodata} all-nodata and "
+          f"{result.skipped_ignored} all-ignored tile(s)")
+    for note in result.notes:
+        print(f"note: {note}")
 
 
 def resolve_classes(classes: str | None, num_classes: int | None) -> list[str]:
@@ -97,6 +126,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         class_names = resolve_classes(args.classes, args.num_classes)
     label_map = parse_label_map(args.label_map)
+    if args.from_rasters:
+        import_from_rasters(args, root)
     if args.from_labelme:
         if args.classes is None:
             raise UserError("--from-labelme needs --classes FILE (one class name per line, background first) "
@@ -109,6 +140,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.from_cityscapes:
         print(f"wrote {root / 'ImageSets' / 'Segmentation'} from Cityscapes' own train and val folders")
+    elif args.from_rasters:
+        print(f"wrote {root / 'ImageSets' / 'Segmentation'}: train.txt, val.txt, trainval.txt")
     elif not args.check_only:
         counts = write_splits(root, args.trainval_percent, args.train_percent, args.seed, force=args.force)
         split_dir = root / "ImageSets" / "Segmentation"

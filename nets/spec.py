@@ -3,11 +3,13 @@
 A :class:`ModelSpec` says everything needed to rebuild a network and read its outputs: backbone,
 head, output stride, input bands, task and class count, the input size it was trained at (its
 crop size for crop training), the label map applied to its masks, class names, the binary
-threshold and the initialisation rule it started from. Checkpoints store it under ``"spec"`` and
+threshold, the initialisation rule it started from, and how its input is read and normalised (the
+source file's ``bands``, per-channel ``mean`` / ``std``). Checkpoints store it under ``"spec"`` and
 ONNX exports in their metadata, as :meth:`ModelSpec.to_dict`.
 
 :meth:`ModelSpec.from_dict` also reads the earlier forms: version 1, the flat ``config`` dict of
-checkpoints and ONNX files written before the spec existed (it held every train.py flag). A bare
+checkpoints and ONNX files written before the spec existed (it held every train.py flag), and
+version 2, which had no bands and statistics (None: every band, divided by 255). A bare
 state dict of the original release has no spec; :func:`spec_from_state` infers one from its key
 names and shapes.
 
@@ -16,6 +18,7 @@ names and shapes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -26,7 +29,7 @@ from nets.init import DEFAULT_INIT, check_init, init_weights
 from nets.registry import backbone_names, get_backbone
 from nets.task import Task, get_task, task_for_channels
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 # The input size of the original release's models, for bare files that do not say.
 DEFAULT_INPUT_SIZE = (512, 512)
 # Key that exists only with the separable head (ASPP's first 3x3 branch is depthwise + pointwise there).
@@ -56,6 +59,11 @@ class ModelSpec:
     label_map: str | None = None
     threshold: float | None = None
     init: str | None = None  # the rule of the tensors no file provided; None: not recorded (released files)
+    # 1-based band indices read from the source file (GDAL order); None: all of its bands.
+    bands: tuple[int, ...] | None = None
+    # Per input channel, in the file's units: the input is (x - mean) / std. None: 8-bit input / 255.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     version: int = field(default=SPEC_VERSION)
 
     def __post_init__(self) -> None:
@@ -72,6 +80,7 @@ class ModelSpec:
             raise ValueError(f"in_channels must be at least 1; got {self.in_channels}")
         if self.init is not None:
             check_init(self.init)
+        self._check_input()
         self.input_size = _pair(self.input_size)
         self.crop_size = None if self.crop_size is None else _pair(self.crop_size)
         if self.class_names is not None:
@@ -85,6 +94,26 @@ class ModelSpec:
             raise ValueError(f"a threshold applies to binary models; this is a {self.num_classes}-class "
                              f"{task.name} model")
         self.version = SPEC_VERSION
+
+    def _check_input(self) -> None:
+        """Bands and statistics: one per input channel, 1-based bands, finite means, positive finite stds."""
+        if self.bands is not None:
+            self.bands = tuple(int(band) for band in self.bands)
+            if len(self.bands) != self.in_channels or min(self.bands) < 1:
+                raise ValueError(f"bands must be {self.in_channels} band indices of 1 or more (one per input "
+                                 f"channel); got {list(self.bands)}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both or neither")
+        if self.mean is None or self.std is None:
+            return
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"mean and std need {self.in_channels} values (one per input channel); got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean must be finite and std finite and above 0; got mean {list(self.mean)}, "
+                             f"std {list(self.std)}")
 
     @property
     def task_obj(self) -> Task:
@@ -105,6 +134,8 @@ class ModelSpec:
         out = asdict(self)
         out["input_size"] = list(self.input_size)
         out["crop_size"] = None if self.crop_size is None else list(self.crop_size)
+        for key in ("bands", "mean", "std"):
+            out[key] = None if out[key] is None else list(out[key])
         return out
 
     @classmethod
@@ -113,7 +144,8 @@ class ModelSpec:
 
         Version 1 dicts (``config`` of older checkpoints and ONNX files) use the same names for the
         fields they have; the missing ones take their defaults (multiclass, standard head, no init
-        recorded), as those files were written before the options existed.
+        recorded), as those files were written before the options existed. Version 2 dicts have no
+        ``bands``, ``mean`` or ``std``: all bands, 8-bit input divided by 255, as those models were trained.
         """
         version = int(data.get("version", 1))
         if version > SPEC_VERSION:

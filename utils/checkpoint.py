@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from nets.deeplabv3_plus import DeepLab
+from nets.pretrained import adapt_input_kernel
+from nets.registry import backbone_names, get_backbone
 from nets.spec import SPEC_VERSION, ModelSpec, backbone_of_state, build_model, spec_from_state
 from utils.errors import UserError
 
@@ -159,6 +161,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # loaded after a change, said in words
 
     @property
     def problems(self) -> list[str]:
@@ -169,6 +172,7 @@ class LoadReport:
 
     def summary(self, limit: int = 8) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
+        lines += [f"  {note}" for note in self.adapted]
         problems = self.problems
         if problems:
             lines.append(f"skipped {len(problems)}:")
@@ -184,13 +188,22 @@ def _mismatch_reason(key: str, have: torch.Size, want: torch.Size) -> str:
     return f"{key}: checkpoint shape {tuple(have)}, model shape {tuple(want)}"
 
 
+def _rgb_input_kernel(key: str, value: torch.Tensor, own: torch.Tensor) -> bool:
+    """True when ``value`` is the 3-band first convolution of a backbone and ``own`` that of another band count."""
+    return (any(get_backbone(name).marker_key == key for name in backbone_names()) and value.ndim == 4
+            and value.shape[1] == 3 and own.shape[1] != 3
+            and (value.shape[0], *value.shape[2:]) == (own.shape[0], *own.shape[2:]))
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
                  source: str | Path = "checkpoint") -> LoadReport:
     """Load ``state`` into ``model`` (or ``model.module``).
 
     With ``strict`` every key must match by name and shape; otherwise a ``UserError``
     explains the differences in words. Without it, what matches by name and shape is
-    loaded and the rest reported in the returned :class:`LoadReport` (fine-tuning).
+    loaded and the rest reported in the returned :class:`LoadReport` (fine-tuning); the RGB kernels
+    of a 3-band file's first convolution are adapted to the model's bands
+    (:func:`~nets.pretrained.adapt_input_kernel`), and the report says so.
     """
     net = getattr(model, "module", model)
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -205,6 +218,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     for key, value in state.items():
         if key not in own:
             report.unexpected.append(key)
+        elif not strict and _rgb_input_kernel(key, value, own[key]):
+            kept[key] = adapt_input_kernel(value, own[key].shape[1])
+            report.loaded.append(key)
+            report.adapted.append(f"{key}: RGB kernels adapted to {own[key].shape[1]} bands (extra bands: the mean "
+                                  f"RGB kernel; all scaled by 3/{own[key].shape[1]})")
         elif own[key].shape != value.shape:
             report.skipped.append(_mismatch_reason(key, value.shape, own[key].shape))
         else:

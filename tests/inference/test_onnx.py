@@ -184,3 +184,25 @@ def test_an_export_from_before_the_spec_still_loads(predict_checkpoints, tmp_pat
     predictor = Predictor.from_onnx(path)
     assert predictor.class_names == ["bg", "cat", "dog"] and predictor.input_size == (64, 64)
     assert predictor.task.name == "multiclass" and predictor.slide is None
+
+
+def test_a_multiband_export_carries_and_applies_the_band_statistics(tmp_path):
+    """A 4-band uint16 model: the ONNX metadata holds bands, mean and std, and ONNX Runtime predicts what
+    PyTorch predicts from the same raw uint16 input."""
+    from nets.spec import build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(num_classes=3, in_channels=4, input_size=(64, 64), bands=(4, 3, 2, 1),
+                     mean=(1500.0, 1480.0, 1490.0, 2000.0), std=(560.0, 570.0, 555.0, 830.0))
+    model = build_model(spec).eval()
+    path = tmp_path / "bands.onnx"
+    export_onnx(model, path, (64, 64), spec=spec)
+    onnx_predictor = Predictor.from_onnx(path)
+    assert (onnx_predictor.spec.bands, onnx_predictor.spec.mean, onnx_predictor.spec.std) == (
+        spec.bands, spec.mean, spec.std)
+    torch_predictor = Predictor(model, spec, InferenceOptions(device="cpu", precision="fp32"))
+    rng = np.random.default_rng(0)
+    image = cv2.resize(rng.integers(200, 4000, (12, 16, 4)).astype(np.uint16), (100, 72))
+    a, b = onnx_predictor.predict([image])[0], torch_predictor.predict([image])[0]
+    assert (a == b).mean() >= 0.999
+    assert len(np.unique(b)) > 1  # the statistics bring the input into the network's range

@@ -202,9 +202,9 @@ def test_crop_trained_model_defaults_to_slide():
     assert make_predictor(FakeNet(2), (32, 32), 1, crop_size=[32, 32]).slide == SlideOptions()
 
 
-def test_non_rgb_uint8_input_is_refused():
+def test_non_uint8_input_is_refused_without_statistics():
     predictor = make_predictor(FakeNet(2), (32, 32), 1)
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(ValueError, match=r"\(H, W, C\) array of uint8"):
         slide_predict(predictor.engine, np.zeros((40, 40, 3), np.float32), SlideOptions(progress=False))
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(ValueError, match=r"\(H, W, C\) array of uint8"):
         slide_predict(predictor.engine, np.zeros((40, 40), np.uint8), SlideOptions(progress=False))

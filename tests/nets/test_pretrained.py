@@ -90,3 +90,20 @@ def test_rgb_kernels_adapt_to_more_bands_by_timm_convention(tmp_path, capsys):
     # Every other tensor is the file's, bitwise.
     assert torch.equal(backbone.state_dict()["features.1.conv.0.weight"], source["features.1.conv.0.weight"])
     assert "adapted from RGB to 4 bands" in capsys.readouterr().out
+
+
+def test_released_rgb_weights_load_into_an_n_band_model_with_adapted_kernels():
+    """--weights of a 3-band model into a 4-band one: the first kernels follow timm's rule, and the report says so."""
+    from nets.spec import ModelSpec, build_model
+    from utils.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    source = build_model(ModelSpec(num_classes=21)).state_dict()
+    target = build_model(ModelSpec(num_classes=3, in_channels=4))
+    report = load_weights(target, source, strict=False)
+    key = "backbone.features.0.0.weight"
+    rgb = source[key]
+    expected = torch.cat((rgb, rgb.mean(1, keepdim=True)), 1) * 0.75
+    torch.testing.assert_close(target.state_dict()[key], expected)
+    assert key in report.loaded
+    assert "RGB kernels adapted to 4 bands" in report.summary() and "scaled by 3/4" in report.summary()

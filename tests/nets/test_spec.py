@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -15,10 +17,24 @@ from utils.errors import UserError
 def test_spec_round_trips_through_its_dict():
     spec = ModelSpec(backbone="xception", num_classes=2, task="binary", head="separable", downsample_factor=8,
                      input_size=(96, 128), crop_size=(96, 128), class_names=["bg", "road"], label_map="3:1,*:0",
-                     threshold=0.35, init="kaiming")
+                     threshold=0.35, init="kaiming", in_channels=4, bands=(4, 3, 2, 1), mean=(300, 410.5, 0, -2),
+                     std=(12.5, 1, 0.25, 3))
     data = spec.to_dict()
-    assert data["version"] == SPEC_VERSION and data["input_size"] == [96, 128]
+    assert data["version"] == SPEC_VERSION == 3 and data["input_size"] == [96, 128]
+    assert (data["bands"], data["mean"], data["std"]) == \
+        ([4, 3, 2, 1], [300.0, 410.5, 0.0, -2.0], [12.5, 1.0, 0.25, 3.0])
+    assert json.loads(json.dumps(data)) == data
     assert ModelSpec.from_dict(data) == spec
+
+
+def test_version_two_specs_migrate_without_bands_or_statistics():
+    """A spec as this toolkit wrote it before per-band input: all bands, 8-bit /255."""
+    data = ModelSpec(num_classes=3, init="normal").to_dict()
+    for key in ("bands", "mean", "std"):
+        del data[key]
+    spec = ModelSpec.from_dict({**data, "version": 2})
+    assert (spec.bands, spec.mean, spec.std, spec.version) == (None, None, None, SPEC_VERSION)
+    assert spec == ModelSpec(num_classes=3, init="normal")
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -30,6 +46,12 @@ def test_spec_round_trips_through_its_dict():
     ({"num_classes": 3, "class_names": ["a", "b"]}, "3 classes need 3 class names"),
     ({"threshold": 0.4}, "a threshold applies to binary models"),
     ({"init": "xavier"}, "init must be one of normal, kaiming, pytorch"),
+    ({"bands": (4, 3)}, r"bands must be 3 band indices of 1 or more"),
+    ({"bands": (0, 1, 2)}, r"bands must be 3 band indices"),
+    ({"mean": (1, 2, 3)}, "mean and std go together"),
+    ({"mean": (1, 2), "std": (1, 2)}, "mean and std need 3 values"),
+    ({"mean": (1, 2, 3), "std": (1, 0, 3)}, "std finite and above 0"),
+    ({"mean": (1, float("nan"), 3), "std": (1, 1, 3)}, "mean must be finite"),
 ])
 def test_invalid_specs_name_the_valid_values(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils.data.io import IGNORE_INDEX, IMAGE_EXTENSIONS, LABEL_MODES, load_image, load_label, save_label, voc_palette
+from utils.data.io import IGNORE_INDEX, IMAGE_EXTENSIONS, LABEL_MODES, load_label, save_label, voc_palette
 from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, parse_split_file, size_mismatch_message
+from utils.data.raster import read_image
 from utils.errors import UserError
 
 SPLIT_NAMES = ("trainval", "train", "val", "test")
@@ -202,7 +203,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int, label_map: LabelMap
                        "and its image")
             continue
         try:
-            image = load_image(image_path)
+            image = read_image(image_path)
         except UserError as exc:
             report.add("unreadable-image", str(exc))
             continue

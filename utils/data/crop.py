@@ -5,8 +5,8 @@ It follows mmsegmentation's ``RandomResize`` + ``RandomCrop(cat_max_ratio=0.75)`
 to its own size), a crop position is drawn uniformly, and a crop in which one class covers more
 than ``cat_max_ratio`` of the labelled (non-255) pixels, or that holds a single class, is drawn
 again, at most ``max_tries`` times. Where the rescaled image is smaller than the crop it is padded
-bottom and right with grey 128 (label 255). Then horizontal flip, blur and HSV jitter, with the
-same probabilities and strengths as :func:`utils.data.transforms.augment`.
+bottom and right with grey 128 or the given ``fill`` (label 255). Then horizontal flip, blur and HSV
+jitter (8-bit RGB only), with the same probabilities and strengths as :func:`utils.data.transforms.augment`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from utils.data.io import IGNORE_INDEX
-from utils.data.transforms import GREY, AugmentParams, _shrink_or_cubic, hsv_jitter
+from utils.data.transforms import GREY, AugmentParams, Fill, _shrink_or_cubic, blur, colour_jitter, resize
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def rescale(image: np.ndarray, label: np.ndarray, ratio: float) -> tuple[np.ndar
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     if size == (width, height):
         return image, label
-    image = cv2.resize(image, size, interpolation=_shrink_or_cubic(cv2.INTER_CUBIC, ratio))
+    image = resize(image, size, _shrink_or_cubic(cv2.INTER_CUBIC, ratio))
     return image, cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
 
 
@@ -73,11 +73,11 @@ def choose_crop(label: np.ndarray, size: tuple[int, int], rng: np.random.Generat
 
 
 def crop_or_pad(image: np.ndarray, label: np.ndarray, top: int, left: int,
-                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The ``size`` crop at (top, left), padded bottom/right with grey 128 and label 255 where the image ends."""
+                size: tuple[int, int], fill: Fill = GREY) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` crop at (top, left), padded bottom/right with ``fill`` and label 255 where the image ends."""
     crop_h, crop_w = size
     part, label_part = image[top:top + crop_h, left:left + crop_w], label[top:top + crop_h, left:left + crop_w]
-    canvas = np.full((crop_h, crop_w, 3), GREY, dtype=np.uint8)
+    canvas = np.full((crop_h, crop_w, image.shape[2]), fill, dtype=image.dtype)
     label_canvas = np.full((crop_h, crop_w), IGNORE_INDEX, dtype=np.uint8)
     canvas[:part.shape[0], :part.shape[1]] = part
     label_canvas[:part.shape[0], :part.shape[1]] = label_part
@@ -85,15 +85,15 @@ def crop_or_pad(image: np.ndarray, label: np.ndarray, top: int, left: int,
 
 
 def crop_augment(image: np.ndarray, label: np.ndarray, params: CropParams,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale, crop (with the single-class rule), pad, flip, blur and HSV-jitter one training pair."""
+                 rng: np.random.Generator, fill: Fill = GREY) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale, crop (with the single-class rule), pad with ``fill``, flip, blur and HSV-jitter (8-bit RGB)
+    one training pair."""
     image, label = rescale(image, label, rng.uniform(*params.scale_range))
     top, left = choose_crop(label, params.size, rng, params.cat_max_ratio, params.max_tries)
-    image, label = crop_or_pad(image, label, top, left, params.size)
+    image, label = crop_or_pad(image, label, top, left, params.size, fill)
     photo = params.photometric
     if rng.random() < photo.flip_p:
         image, label = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
     if rng.random() < photo.blur_p:
-        image = cv2.GaussianBlur(image, (5, 5), 0)
-    gains = rng.uniform(-1, 1, 3) * np.array([photo.hue, photo.sat, photo.val]) + 1
-    return hsv_jitter(image, gains), label
+        image = blur(image)
+    return colour_jitter(image, rng, photo), label

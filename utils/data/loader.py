@@ -2,8 +2,8 @@
 
 :func:`build_loader` gives the loader of a split (training shuffles, validation keeps order;
 :class:`ShardSampler` / ``DistributedSampler`` under torchrun), :func:`set_loader_epoch` picks
-the epoch of the next pass, and :func:`to_device` turns a uint8 batch into float images in
-[0, 1] and int64 labels on the device.
+the epoch of the next pass, and :func:`to_device` turns a batch into normalised float images
+(/255, or per-band statistics) and int64 labels on the device.
 
 The shuffle order of an epoch comes from (seed, rank, epoch) (:func:`order_seed`); the
 augmentation of a sample from (seed, epoch, index) alone (:func:`sample_rng`): the sampler sends
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from utils.data.normalize import Normalization
 from utils.errors import UserError
 
 # First word of every sample's seed: keeps the augmentation streams apart from the other streams
@@ -241,12 +242,14 @@ def to_device(
     labels: torch.Tensor,
     device: torch.device | str,
     channels_last: bool = False,
+    normalization: Normalization | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a uint8 batch to ``device``, then make float images in [0, 1] and int64 labels there
-    (channels-last images with ``channels_last``: the layout is set on the uint8 batch, so the
-    float conversion writes NHWC directly instead of converting and then copying)."""
+    """Move a batch (uint8, or a raster's dtype) to ``device``, then make float images normalised by
+    ``normalization`` (None: 8-bit /255, in [0, 1]) and int64 labels there (channels-last images with
+    ``channels_last``: the layout is set on the raw batch, so the float conversion writes NHWC directly
+    instead of converting and then copying)."""
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    images = images.float().div_(255.0)
+    images = (normalization or Normalization()).apply(images)
     return images, labels.to(device, non_blocking=True).long()

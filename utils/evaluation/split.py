@@ -19,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from utils.data.dataset import SegmentationDataset
-from utils.data.io import load_image, save_label
+from utils.data.io import save_label
 from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, read_split
+from utils.data.raster import check_bands, image_info, read_image
 from utils.errors import UserError
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.folders import score_folders
@@ -52,6 +53,20 @@ def _split_images(root: Path, split: str) -> tuple[list[str], list[Path]]:
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add them or rerun "
                         "voc_annotation.py --force to rewrite the split files")
     return stems, [images[stem] for stem in stems]
+
+
+def check_model_input(predictor: Predictor, path: Path) -> None:
+    """UserError when the images (like ``path``) do not give the model its input: its band count, and 8-bit
+    data for a model without per-band statistics."""
+    spec = predictor.spec
+    info = image_info(path)
+    channels = len(check_bands(info.count, spec.bands, path)) if spec.bands else info.count
+    if channels != spec.in_channels:
+        raise UserError(f"{path} gives {channels} band(s) but the model takes {spec.in_channels}: choose them "
+                        "with --bands (1-based, e.g. --bands 4,3,2)")
+    if spec.mean is None and info.dtype != "uint8":
+        raise UserError(f"{path} holds {info.dtype} bands but the model was trained on 8-bit images (it has no "
+                        "per-band statistics): use a model trained on this kind of data")
 
 
 def split_label_paths(root: Path, split: str) -> list[Path]:
@@ -113,17 +128,21 @@ def predict_split(
     root = Path(root)
     if matrix is not None:
         dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False,
-                                      label_map=label_map)
+                                      label_map=label_map, bands=predictor.spec.bands)
         stems = dataset.stems
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
             return dataset.load_pair(i)
+        first = dataset.image_path(0) if len(dataset) else None
     else:
         stems, paths = _split_images(root, split)
+        first = paths[0] if paths else None
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-            return load_image(paths[i]), None
+            return read_image(paths[i], predictor.spec.bands), None
 
+    if first is not None:
+        check_model_input(predictor, first)
     if pred_dir is not None:
         pred_dir = Path(pred_dir)
         check_pred_dir(root, pred_dir)

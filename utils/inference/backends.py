@@ -1,6 +1,6 @@
 """The forward passes behind :class:`~utils.inference.predictor.Predictor`: PyTorch and ONNX Runtime.
 
-Both take a float batch (N, 3, H, W) in [0, 1] and return float32 logits (N, C, H, W).
+Both take a normalised float batch (N, C_in, H, W) and return float32 logits (N, C, H, W).
 :class:`TorchBackend` runs in inference mode on a private copy of the model with BatchNorm
 folded into the convs, channels-last, fp16 autocast on CUDA and optionally bf16 on CPUs that
 have it natively; :class:`OnnxBackend` runs an exported file, so ``--onnx`` shares the

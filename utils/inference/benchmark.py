@@ -30,7 +30,7 @@ def fps_benchmark(predictor: Predictor, runs: int, image_path: str | Path | None
         source = str(image_path)
     else:
         height, width = predictor.input_size
-        image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        image = np.random.default_rng(0).integers(0, 256, (height, width, predictor.spec.in_channels), dtype=np.uint8)
         source = f"synthetic {height}x{width} image"
     for _ in range(3):
         predictor.predict([image])

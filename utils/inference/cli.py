@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from utils.data.raster import parse_bands
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.inference.options import InferenceOptions, OutputOptions, SlideOptions, VideoOptions
@@ -25,6 +26,12 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
                         "[0.33]")
     parser.add_argument("--scale", type=float, metavar="S", help="--slide: resize the image by S first; the "
                         "result comes back at the original size [1.0]")
+
+
+def add_bands_argument(parser: argparse.ArgumentParser) -> None:
+    """``--bands``: the raster bands to read when the model's spec records none (or others than it records)."""
+    parser.add_argument("--bands", metavar="B1,B2,...", help="raster images: the bands to read, 1-based as in GDAL, "
+                        "e.g. 4,3,2 (default: those the model was trained on, else all)")
 
 
 def inference_options(args: argparse.Namespace, progress: bool = True) -> InferenceOptions:
@@ -73,6 +80,7 @@ def build_predictor(args: argparse.Namespace, class_names: list[str] | None = No
         raise
     if predictor.slide is None and overlap_given:
         raise UserError("--overlap and --scale apply to sliding windows: add --slide (or drop them)")
+    predictor.use_bands(parse_bands(getattr(args, "bands", None)))
     return predictor
 
 

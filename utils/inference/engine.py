@@ -1,4 +1,8 @@
-"""The engine both inference strategies share: uint8 canvases in, the backend's outputs and probabilities out.
+"""The engine both inference strategies share: raw canvases in, the backend's outputs and probabilities out.
+
+Canvases are (H, W, C) arrays of uint8, uint16, int16 or float32; :meth:`Engine.to_batch` applies the
+model's :class:`~utils.data.normalize.Normalization` (8-bit /255, or per-channel statistics) on the
+device, and :attr:`Engine.fill` is the value that pads them (the letterbox, the slide canvas).
 
 :mod:`utils.inference.whole` (letterbox the image to the input size) and
 :mod:`utils.inference.slide` (windows of the input size at native resolution) are two strategies
@@ -14,23 +18,26 @@ import numpy as np
 import torch
 
 from nets.task import DEFAULT_THRESHOLD, Task
+from utils.data.normalize import Normalization
 
 
 class Engine:
     """A forward pass with the task's reading of its outputs.
 
     Args:
-        backend: float batch (N, C_in, H, W) in [0, 1] -> float32 outputs (N, C, H, W)
+        backend: normalised float batch (N, C_in, H, W) -> float32 outputs (N, C, H, W)
             (:mod:`utils.inference.backends`); a binary ONNX export returns probabilities
             (``backend.outputs_probabilities``), every other backend logits.
         task: the model's :class:`~nets.task.Task`.
         input_size: the network input (H, W): the letterbox size, or the window.
         batch_size: canvases per forward pass.
         threshold: a binary model's decision threshold (None: the task's default).
+        normalization: how canvases become input (None: 8-bit /255).
     """
 
     def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], task: Task, input_size: tuple[int, int],
-                 batch_size: int = 4, threshold: float | None = None) -> None:
+                 batch_size: int = 4, threshold: float | None = None,
+                 normalization: Normalization | None = None) -> None:
         self.backend = backend
         self.task = task
         self.input_size = input_size
@@ -38,11 +45,16 @@ class Engine:
         self.threshold = float(DEFAULT_THRESHOLD if threshold is None else threshold)
         self.device: torch.device = backend.device
         self.outputs_probabilities = bool(getattr(backend, "outputs_probabilities", False))
+        self.normalization = normalization or Normalization()
+
+    def fill(self, image: np.ndarray) -> int | np.ndarray:
+        """The padding value of canvases for ``image`` (H, W, C): grey 128 for /255, else the mean per channel."""
+        return self.normalization.fill(image.shape[2], image.dtype)
 
     def to_batch(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack uint8 (H, W, C) canvases of one size into a float (N, C, H, W) batch in [0, 1] on the device."""
+        """Stack (H, W, C) canvases of one size into a normalised float (N, C, H, W) batch on the device."""
         batch = torch.from_numpy(np.stack(canvases)).to(self.device, non_blocking=True)
-        return batch.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.normalization.apply(batch.permute(0, 3, 1, 2))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """The backend's outputs of a batch (logits, or probabilities when :attr:`outputs_probabilities`)."""

@@ -221,9 +221,9 @@ def _export_and_verify(model: nn.Module, path: Path, input_size: Sequence[int], 
     finally:
         net.train(was_training)
     _finish(path, spec, simplify)
-    checks = [verify(net, path, (1, 3, height, width))]
+    checks = [verify(net, path, (1, bands, height, width))]
     if dynamic:
         # A second, odd size and another batch prove the spatial and batch axes really are dynamic.
-        checks.append(verify(net, path, (2, 3, height * 3 // 4 + 5, width * 5 // 4 + 3), seed=1))
+        checks.append(verify(net, path, (2, bands, height * 3 // 4 + 5, width * 5 // 4 + 3), seed=1))
     net.train(was_training)
     return checks

@@ -10,7 +10,7 @@ training all go through :class:`Predictor`. It builds the shared :class:`~utils.
 Example, without any command line::
 
     predictor = Predictor.from_weights("logs/demo/best.pth", InferenceOptions(device="cpu"))
-    mask = predictor.predict([rgb_uint8_image])[0]  # (H, W) class ids
+    mask = predictor.predict([rgb_uint8_image])[0]  # (H, W) class ids; or (H, W, bands) of a raster
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from nets.spec import ModelSpec
 from nets.task import Task
 from utils.checkpoint import load_model
 from utils.data.io import default_class_names
+from utils.data.normalize import SUPPORTED_DTYPES, Normalization
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.inference import whole
@@ -35,16 +36,21 @@ from utils.inference.options import InferenceOptions, SlideOptions
 from utils.inference.slide import check_slide_options, slide_predict
 
 
-def _check_images(images: Sequence[np.ndarray], bands: int) -> None:
+def _check_images(images: Sequence[np.ndarray], spec: ModelSpec) -> None:
+    """ValueError unless every image is (H, W, in_channels) of a dtype the model's normalisation reads: uint8
+    for the 8-bit /255 rule, uint8, uint16, int16 or float32 for a model with per-band statistics."""
+    bands = spec.in_channels
+    dtypes = SUPPORTED_DTYPES if spec.mean is not None else ("uint8",)
     for image in images:
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+        if not (isinstance(image, np.ndarray) and image.dtype.name in dtypes and image.ndim == 3
                 and image.shape[2] == bands):
-            raise ValueError(f"Predictor expects uint8 arrays of shape (H, W, {bands})"
-                             + (" (RGB)" if bands == 3 else ""))
+            raise ValueError(f"Predictor expects {' or '.join(dtypes)} arrays of shape (H, W, {bands})"
+                             + (" (RGB)" if bands == 3 and spec.mean is None else ""))
 
 
 class Predictor:
-    """Segment uint8 images of any size with a DeepLabV3+ model.
+    """Segment images of any size with a DeepLabV3+ model: 8-bit RGB, or the bands and dtype the spec was
+    trained on (uint8, uint16, int16, float32; normalised by the spec's per-band statistics).
 
     Args:
         model: a DeepLab; it is not modified (an optimised copy is used) unless ``options.optimize``
@@ -68,7 +74,8 @@ class Predictor:
         self.spec = spec
         self.options = options
         threshold = options.threshold if options.threshold is not None else spec.threshold
-        self.engine = Engine(backend, spec.task_obj, spec.input_size, options.batch_size, threshold)
+        self.engine = Engine(backend, spec.task_obj, spec.input_size, options.batch_size, threshold,
+                             Normalization.of(spec))
         mode = options.mode if options.mode != "auto" else ("slide" if spec.crop_size else "whole")
         # The windows of the slide strategy, or None for the whole (letterbox) strategy.
         self.slide: SlideOptions | None = options.slide if mode == "slide" else None
@@ -104,6 +111,20 @@ class Predictor:
         backend = OnnxBackend(path, threads=options.threads)
         spec = backend.resolved_spec(class_names=class_names, input_size=input_size, threshold=options.threshold)
         return cls(None, spec, options, backend=backend)
+
+    def use_bands(self, bands: Sequence[int] | None) -> None:
+        """Read ``bands`` (1-based, ``--bands``) of raster inputs instead of those the spec records; None keeps them.
+
+        Raises:
+            UserError: when their count is not the model's input channels.
+        """
+        if bands is None:
+            return
+        if len(bands) != self.spec.in_channels:
+            raise UserError(f"--bands {','.join(map(str, bands))} selects {len(bands)} band(s) but the model takes "
+                            f"{self.spec.in_channels}" + (f" (trained on bands {','.join(map(str, self.spec.bands))})"
+                                                          if self.spec.bands else ""))
+        self.spec = self.spec.replace(bands=tuple(bands))
 
     @property
     def task(self) -> Task:
@@ -156,7 +177,7 @@ class Predictor:
         """ValueError for inputs of the wrong kind, more classes than uint8 masks hold, or TTA with windows."""
         if masks and self.num_classes > 256:
             raise ValueError("uint8 masks hold at most 256 classes")
-        _check_images(images, self.spec.in_channels)
+        _check_images(images, self.spec)
         if tta and self.slide is not None:
             raise ValueError("test-time augmentation is not available with sliding windows")
 

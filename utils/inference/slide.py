@@ -3,7 +3,7 @@
 Windows of the network's input size (h, w) tile the image (resized by ``scale`` first):
 the stride is ``round(size * (1 - overlap))``, ``n = max(H - h + stride - 1, 0) // stride + 1``
 windows per axis, the last one moved back to touch the border. An image smaller than a window
-is padded bottom and right with the letterbox grey and cropped back. The class probabilities
+is padded bottom and right with the engine's fill (grey, or the mean) and cropped back. The class probabilities
 (softmax; sigmoid for a one-channel binary model) of overlapping windows are averaged with
 equal weight, then argmax (or the threshold). mmsegmentation averages the logits instead; the labels
 can differ where three or more windows overlap, or with more than two classes.
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils.data.transforms import GREY, _shrink_or_cubic
+from utils.data.normalize import SUPPORTED_DTYPES
+from utils.data.transforms import _shrink_or_cubic, resize
 from utils.errors import UserError
 from utils.inference.engine import Engine
 from utils.inference.options import SlideOptions
@@ -82,7 +83,7 @@ def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33,
     stride_h, stride_w = strides((win_h, win_w), overlap)
     pad_h, pad_w = max(height, win_h), max(width, win_w)
     if (pad_h, pad_w) != (height, width):
-        canvas = np.full((pad_h, pad_w, *image.shape[2:]), GREY, dtype=image.dtype)
+        canvas = np.full((pad_h, pad_w, image.shape[2]), engine.fill(image), dtype=image.dtype)
         canvas[:height, :width] = image
         image = canvas
     ys = window_starts(pad_h, win_h, stride_h)
@@ -162,7 +163,7 @@ def resize_rows(bands: Iterator[tuple[int, torch.Tensor]], src_height: int,
 
 def slide_predict(engine: Engine, image: np.ndarray, options: SlideOptions,
                   with_prob: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
-    """Labels (H, W) uint8 of an RGB uint8 image by sliding windows (see the module docstring).
+    """Labels (H, W) uint8 of an (H, W, C) image by sliding windows (see the module docstring).
 
     With ``options.scale != 1`` the image is resized first and the averaged probabilities are
     resized back bilinearly, band by band, before the argmax / threshold. With ``with_prob`` the
@@ -170,13 +171,15 @@ def slide_predict(engine: Engine, image: np.ndarray, options: SlideOptions,
     probability (binary) or the chosen class's probability, as
     :func:`~utils.inference.postprocess.labels_and_prob` gives them.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"slide_predict expects an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
+    dtypes = SUPPORTED_DTYPES if engine.normalization.scaled else ("uint8",)
+    if image.ndim != 3 or image.dtype.name not in dtypes:
+        raise ValueError(f"slide_predict expects an (H, W, C) array of {' or '.join(dtypes)} (uint8 unless the "
+                         f"model has per-band statistics), got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
     scaled = image
     if options.scale != 1:
         size = (max(1, round(width * options.scale)), max(1, round(height * options.scale)))
-        scaled = cv2.resize(image, size, interpolation=_shrink_or_cubic(cv2.INTER_CUBIC, options.scale))
+        scaled = resize(image, size, _shrink_or_cubic(cv2.INTER_CUBIC, options.scale))
     bands = slide_rows(engine, scaled, options.overlap, options.progress)
     if scaled is not image:
         bands = resize_rows(bands, scaled.shape[0], (height, width))

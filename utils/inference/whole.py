@@ -43,7 +43,7 @@ def content_maps(engine: Engine, images: Sequence[np.ndarray], size: tuple[int, 
     (with ``logits`` and no ``flip``, the network's outputs there instead)."""
     out: list[torch.Tensor] = []
     for chunk in _chunks(images, engine.batch_size):
-        placed = [letterbox(image, size) for image in chunk]
+        placed = [letterbox(image, size, fill=engine.fill(image)) for image in chunk]
         batch = engine.to_batch([canvas for canvas, _, _ in placed])
         output = engine.forward(torch.cat((batch, batch.flip(3))) if flip else batch)
         for index, (_, _, box) in enumerate(placed):

@@ -3,7 +3,7 @@
 Every bad value is a :class:`UserError` naming its flag; ``--demo`` settings are applied
 first (:mod:`utils.training.demo`), so the demo's defaults are validated like given flags.
 Flags that need parsing (the label map, explicit class weights) are parsed once here and kept in
-private attributes (``args._label_map``, ``args._class_weights``) for the builder; they are not
+private attributes (``args._label_map``, ``args._class_weights``, ``args._bands``) for the builder; they are not
 recorded as settings. What depends on the checkpoint a run resumes from (``--resume auto`` itself, the default and
 checks of ``--freeze-epochs``) is settled by :func:`resolve_start`: at the end of validation in
 one process, after the process group exists under torchrun (rank 0 decides, every rank follows).
@@ -21,6 +21,7 @@ from nets.task import get_task
 from utils.data.demo import DEMO_CLASSES
 from utils.data.io import VOC_CLASSES, read_class_names
 from utils.data.label_map import parse_label_map
+from utils.data.raster import parse_bands
 from utils.errors import UserError, parse_input_size
 from utils.training.demo import apply_demo_settings
 from utils.training.distributed import DistContext, launched_by_torchrun
@@ -77,6 +78,7 @@ def validate_args(args: argparse.Namespace, given: set[str]) -> argparse.Namespa
             demo_names = list(DEMO_CLASSES) if args.num_classes == len(DEMO_CLASSES) else None
         args.class_names = demo_names or (list(VOC_CLASSES) if args.num_classes == len(VOC_CLASSES) else None)
     _loss_settings(args)
+    args._bands = parse_bands(args.bands)
     if args.num_classes < 2:
         raise UserError(f"--num-classes {args.num_classes}: need at least 2 (background and one class)")
     args.input_size = parse_input_size(args.input_size, MIN_TRAIN_SIDE)

@@ -27,6 +27,8 @@ from utils.data.crop import CropParams
 from utils.data.dataset import SegmentationDataset
 from utils.data.label_map import check_unmapped_binary
 from utils.data.loader import SeededLoader, build_loader
+from utils.data.normalize import Normalization
+from utils.data.stats import band_statistics
 from utils.device import channels_last_training, cpu_has_native_bf16
 from utils.errors import UserError
 from utils.training.distributed import DistContext, barrier, convert_sync_bn
@@ -124,13 +126,36 @@ def fetch_pretrained(args: argparse.Namespace, ctx: DistContext) -> None:
                         "on this node's first process: check that model_data/ is writable")
 
 
-def model_spec(args: argparse.Namespace) -> ModelSpec:
-    """The spec of the model the flags describe (the binary threshold starts at the task's default and is
-    replaced by the one of the best foreground IoU at each validation)."""
+def model_spec(args: argparse.Namespace, in_channels: int = 3,
+               normalization: Normalization | None = None) -> ModelSpec:
+    """The spec of the model the flags describe, with the data's input channels and statistics (the binary
+    threshold starts at the task's default and is replaced by the one of the best foreground IoU at each
+    validation)."""
+    normalization = normalization or Normalization()
     return ModelSpec(backbone=args.backbone, num_classes=args.num_classes, task=args.task, head=args.head,
                      downsample_factor=args.downsample_factor, input_size=tuple(args.input_size),
                      crop_size=tuple(args.crop_size) if args.crop_size else None, class_names=args.class_names,
-                     label_map=args.label_map, init=args.init)
+                     label_map=args.label_map, init=args.init, in_channels=in_channels, bands=args._bands,
+                     mean=normalization.mean, std=normalization.std)
+
+
+def input_normalization(train_set: SegmentationDataset, val_set: SegmentationDataset,
+                        is_main: bool) -> Normalization:
+    """How the run's input is normalised: 8-bit RGB keeps /255; other data gets per-band statistics over the
+    train split (UserError when val's images are of another kind than train's)."""
+    if val_set.kind != train_set.kind:
+        raise UserError(f"the train and val splits hold different images: {train_set.image_path(0)} has "
+                        f"{train_set.channels} band(s) of {train_set.dtype}, {val_set.image_path(0)} "
+                        f"{val_set.channels} of {val_set.dtype}; every image of a dataset needs the same bands "
+                        "and dtype")
+    if train_set.rgb8:
+        return Normalization()
+    mean, std = band_statistics(train_set.read_image, range(len(train_set)), train_set.channels, progress=is_main,
+                                desc="band statistics (train split)")
+    if is_main:
+        print(f"input: {train_set.channels} band(s) of {train_set.dtype}; per-band mean "
+              f"{', '.join(f'{v:.6g}' for v in mean)}, std {', '.join(f'{v:.6g}' for v in std)} (train split)")
+    return Normalization(mean, std)
 
 
 def make_net(spec: ModelSpec, args: argparse.Namespace, is_main: bool) -> tuple[nn.Module, str]:
@@ -162,9 +187,11 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     label_map = args._label_map
     crop = CropParams(size, tuple(args.scale_range)) if args.crop_size else None
     train_set = SegmentationDataset(args.data_root, "train", size, args.num_classes, True, args.class_names,
-                                    label_map, crop)
+                                    label_map, crop, bands=args._bands)
     val_set = SegmentationDataset(args.data_root, "val", size, args.num_classes, False, args.class_names,
-                                  label_map)
+                                  label_map, bands=args._bands)
+    normalization = input_normalization(train_set, val_set, ctx.is_main)
+    train_set.normalization = val_set.normalization = normalization
     if args.task == "binary":
         check_unmapped_binary([train_set.label_path(i) for i in range(len(train_set))], label_map)
     phases = [(True, "frozen", args.freeze_epochs, args.freeze_batch_size, "--freeze-batch-size"),
@@ -172,7 +199,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext) -> RunParts:
     phases = [phase for phase in phases if phase[2] > 0]
     used = {flag: check_batch(flag, batch, train_set, args, ctx) for _, _, _, batch, flag in reversed(phases)}
 
-    spec = model_spec(args)
+    spec = model_spec(args, train_set.channels, normalization)
     fetch_pretrained(args, ctx)
     net, init_note = make_net(spec, args, ctx.is_main)
     class_weights = args._class_weights

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from utils.data.loader import SeededLoader, release_other_workers, set_loader_epoch, to_device
+from utils.data.normalize import Normalization
 from utils.errors import UserError
 from utils.training.builder import RunParts
 from utils.training.distributed import all_reduce_sum
@@ -148,7 +149,8 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
         restore_rng(resume_rng)
     bar = progress(range(skip, total), total=total, desc=f"epoch {epoch + 1}/{args.epochs}", enabled=ctx.is_main)
     bar.update(skip)
-    fallback = (torch.zeros(loader.batch_size, 3, *args.input_size, dtype=torch.uint8),
+    normalization = Normalization.of(parts.spec)
+    fallback = (torch.zeros(loader.batch_size, parts.spec.in_channels, *args.input_size, dtype=torch.uint8),
                 torch.zeros(loader.batch_size, *args.input_size, dtype=torch.uint8)) if ctx.enabled else None
     loss_sum, seen, done, tick = 0.0, 0, skip, time.perf_counter()
     lr = parts.optimizer.param_groups[0]["lr"]
@@ -160,7 +162,8 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
             batch, stand_in = _next_batch(batches, stop, fallback)
         if batch is None:
             return EpochResult(loss_sum / max(seen, 1), seen, index, lr, rng_before)
-        images, labels = to_device(*batch, parts.device, channels_last=parts.channels_last)
+        images, labels = to_device(*batch, parts.device, channels_last=parts.channels_last,
+                                   normalization=normalization)
         lr = parts.optimizer.param_groups[0]["lr"]
         with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
             logits = model(images)

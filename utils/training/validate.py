@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 from utils.data.loader import set_loader_epoch, to_device
+from utils.data.normalize import Normalization
+from utils.data.raster import display_rgb
 from utils.evaluation.confusion import ConfusionMatrix
 from utils.evaluation.split import iterate_predictions
 from utils.evaluation.threshold import SWEEP_THRESHOLDS, ThresholdSweep
@@ -45,7 +47,8 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
     loss_sum = torch.zeros(2, dtype=torch.float64, device=parts.device)
     set_loader_epoch(parts.val_loader, 0)
     for images, labels in progress(parts.val_loader, len(parts.val_loader), "  val loss", ctx.is_main):
-        images, labels = to_device(images, labels, parts.device, channels_last=parts.channels_last)
+        images, labels = to_device(images, labels, parts.device, channels_last=parts.channels_last,
+                                   normalization=Normalization.of(parts.spec))
         with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
             logits = net(images)
         loss_sum[0] += parts.criterion(logits.float(), labels).double() * images.shape[0]
@@ -67,7 +70,7 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
         else:
             matrix.update(pred, label)
         if len(samples) < 3:
-            samples.append((image, label, pred))
+            samples.append((display_rgb(image), label, pred))
     extra: dict[str, float] = {}
     if sweep is not None:
         sweep.all_reduce()
