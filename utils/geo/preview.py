@@ -33,7 +33,7 @@ def read_decimated(path: Path, side: int) -> tuple[np.ndarray, rasterio.Affine, 
     with rasterio.open(path) as dataset:
         shape = preview_shape(dataset.height, dataset.width, side)
         values = dataset.read(1, out_shape=shape, resampling=Resampling.nearest)
-        transform = dataset.transform * rasterio.Affine.scale(dataset.width / shape[1], dataset.height / shape[0])
+        transform = dataset.transform @ rasterio.Affine.scale(dataset.width / shape[1], dataset.height / shape[0])
         return values, transform, dataset.crs
 
 

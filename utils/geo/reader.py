@@ -6,7 +6,8 @@ as grey photos are read. Samples keep their type (uint8, uint16, int16, float32;
 are read as float32) and the :class:`~utils.inference.engine.Engine` normalises them from the spec.
 
 Validity is GDAL's per-dataset mask (:meth:`rasterio.io.DatasetReader.dataset_mask`): a nodata
-value, an internal or sidecar (``.msk``) mask, or an alpha band. Invalid samples are replaced
+value, an internal or sidecar (``.msk``) mask, or an alpha band; when the model reads the band GDAL
+flags as alpha (a 4-band model on a plain 4-band uint8 file), only the nodata value counts. Invalid samples are replaced
 by a neutral value before the network sees them (the band mean of the spec, else the letterbox
 grey), so that a huge nodata value such as -3.4e38 cannot spill into its valid neighbours.
 """
@@ -36,6 +37,7 @@ class SceneBands:
     indexes: tuple[int, ...]
     dtype: np.dtype
     fill: np.ndarray  # (len(indexes),) of dtype
+    alpha_is_data: bool = False  # a band flagged alpha feeds the model: validity from the nodata value only
 
 
 def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBands:
@@ -50,8 +52,10 @@ def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBa
                             f"(1..{dataset.count}) and the model reads bands {','.join(map(str, wanted))}")
         indexes = tuple(int(b) for b in wanted)
     else:
-        interp = dataset.colorinterp
-        colour = dataset.count - (1 if dataset.count > 1 and interp[-1] == ColorInterp.alpha else 0)
+        colour = dataset.count - (1 if dataset.count > 1 and dataset.colorinterp[-1] == ColorInterp.alpha else 0)
+        # A model of all the bands reads all of them: GDAL flags the 4th band of a plain 4-band uint8 file
+        # (RGB + near infrared, say) as alpha.
+        colour = dataset.count if dataset.count == channels else colour
         indexes = (1,) * 3 if colour == 1 and channels == 3 else tuple(range(1, colour + 1))
     if len(indexes) != channels:
         raise UserError(f"{path}: the scene has {len(indexes)} band(s) to read, the model takes {channels}: "
@@ -64,7 +68,8 @@ def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBa
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         fill = np.clip(np.round(fill), info.min, info.max)
-    return SceneBands(indexes, dtype, fill.astype(dtype))
+    alpha = [i for i in indexes if dataset.colorinterp[i - 1] == ColorInterp.alpha]
+    return SceneBands(indexes, dtype, fill.astype(dtype), alpha_is_data=bool(alpha))
 
 
 def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tuple[int, int],
@@ -80,10 +85,16 @@ def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tupl
         for channel, index in enumerate(bands.indexes):
             # Band by band into the (h, w, C) array: no second copy of the region for the transpose.
             samples[:, :, channel] = dataset.read(index, window=window, out_dtype=bands.dtype)
-        valid = dataset.dataset_mask(window=window) > 0
+        if bands.alpha_is_data:
+            nodata = dataset.nodata
+            valid = (np.ones(samples.shape[:2], dtype=bool) if nodata is None
+                     else ~(samples == np.asarray(nodata, dtype=bands.dtype)).all(-1))
+        else:
+            valid = dataset.dataset_mask(window=window) > 0
     except RasterioError as exc:
+        cause = exc.__cause__ or exc  # GDAL's own message says which block failed
         raise UserError(f"{path}: cannot read the pixels of rows {rows[0]}..{rows[1]}, columns {cols[0]}..{cols[1]} "
-                        f"({exc}); the file is damaged or truncated: re-export or re-download it") from None
+                        f"({cause}); the file is damaged or truncated: re-export or re-download it") from None
     if not valid.all():
         samples[~valid] = bands.fill
     return samples, valid

@@ -146,7 +146,8 @@ def predict_scene(predictor: Predictor, source: Path, target: Path, options: Sce
             classes = outputs.enter_context(open_classes(temps[0], dataset, palette))
             prob = outputs.enter_context(open_prob(temps[2], dataset, options.prob_bits)) if options.save_prob else None
             bar = outputs.enter_context(tqdm(total=sum(b.windows for b in blocks), unit="window", leave=False,
-                                             file=sys.stderr, disable=not options.progress, desc=source.name))
+                                             file=sys.stderr, desc=source.name,
+                                             disable=None if options.progress else True))
             for block in blocks:
                 samples, valid = read_block(dataset, source, bands, block.region_rows, block.region_cols)
                 labels, levels = _predict_block(predictor, samples, valid, block, slide.overlap,
