@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import rasterio
+from rasterio.errors import RasterioError
 from rasterio.features import shapes
 from rasterio.warp import transform_geom
 
@@ -33,16 +35,24 @@ def check_crs(crs: object, source: Path) -> None:
                         "(RFC 7946): assign one (gdal_edit.py -a_srs EPSG:...) or drop --polygons")
 
 
-def write_polygons(classes: Path, target: Path, class_names: Sequence[str], side: int = POLYGON_SIDE) -> int:
+def write_polygons(classes: Path, target: Path, class_names: Sequence[str], source: Path,
+                   side: int = POLYGON_SIDE) -> int:
     """Write the GeoJSON FeatureCollection of the class raster ``classes`` (which has a CRS) at ``target``;
-    returns the feature count."""
+    returns the feature count. UserError naming ``source`` when a region cannot be reprojected."""
     labels, transform, crs = read_decimated(classes, side)
     features = []
-    for geometry, value in shapes(labels, mask=labels != NODATA, connectivity=4, transform=transform):
-        class_id = int(value)
-        features.append({"type": "Feature",
-                         "properties": {"class_id": class_id, "class_name": class_names[class_id]},
-                         "geometry": transform_geom(crs, WGS84, geometry, precision=7)})
+    # Partial reprojection drops the vertices WGS84 cannot hold (a geostationary scene's limb).
+    with rasterio.Env(OGR_ENABLE_PARTIAL_REPROJECTION=True):
+        for geometry, value in shapes(labels, mask=labels != NODATA, connectivity=4, transform=transform):
+            class_id = int(value)
+            try:
+                geometry = transform_geom(crs, WGS84, geometry, precision=7)
+            except RasterioError as exc:
+                raise UserError(f"{source}: a class region cannot be reprojected to WGS84 for --polygons "
+                                f"({exc.__cause__ or exc}): drop --polygons for this scene") from None
+            features.append({"type": "Feature",
+                             "properties": {"class_id": class_id, "class_name": class_names[class_id]},
+                             "geometry": geometry})
     with target.open("w", encoding="utf-8") as handle:
         json.dump({"type": "FeatureCollection", "features": features}, handle)
     return len(features)

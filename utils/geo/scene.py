@@ -77,13 +77,13 @@ class SceneResult:
 
 def scene_targets(target: Path, options: SceneOptions) -> list[Path]:
     """The outputs of a scene whose class raster is ``target`` (``<stem>.tif``), class raster first."""
-    stem = target.with_suffix("")
-    paths = [target.with_suffix(".tif"), stem.with_name(f"{stem.name}_preview.png")]
+    stem = target.stem  # "RGB2.byte" of "RGB2.byte.tif": only the last suffix goes
+    names = [f"{stem}.tif", f"{stem}_preview.png"]
     if options.save_prob:
-        paths.append(stem.with_name(f"{stem.name}_prob.tif"))
+        names.append(f"{stem}_prob.tif")
     if options.polygons:
-        paths.append(stem.with_suffix(".geojson"))
-    return paths
+        names.append(f"{stem}.geojson")
+    return [target.with_name(name) for name in names]
 
 
 def _predict_block(predictor: Predictor, samples: np.ndarray, valid: np.ndarray, block: Block, overlap: float,
@@ -163,5 +163,5 @@ def predict_scene(predictor: Predictor, source: Path, target: Path, options: Sce
             build_overviews(classes)
         write_preview(temps[0], temps[1], palette, options.preview_side)
         if options.polygons:
-            write_polygons(temps[0], temps[-1], predictor.class_names)
+            write_polygons(temps[0], temps[-1], predictor.class_names, source)
     return SceneResult(written=targets, counts=counts)
