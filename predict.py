@@ -119,8 +119,9 @@ def main(args: argparse.Namespace) -> int:
         jobs, run.failures = find_images(args.inputs, outputs.out_dir, outputs.save_mask, outputs.save_prob)
         if not jobs:
             raise UserError("; ".join(run.failures) if run.failures else "no images given")
-        scenes, jobs = split_scenes(jobs, scene_options(outputs, args.polygons), outputs.out_dir)
-        predict_scenes(scenes, predictor, outputs.out_dir, scene_options(outputs, args.polygons), run)
+        scene_outputs = scene_options(outputs, args.polygons)
+        scenes, jobs = split_scenes(jobs, scene_outputs, outputs.out_dir)
+        predict_scenes(scenes, predictor, outputs.out_dir, scene_outputs, run)
         predict_jobs(jobs, predictor, outputs, run)
         print(f"{run.segmented} image(s) segmented -> {outputs.out_dir}/")
     else:
