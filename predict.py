@@ -12,6 +12,7 @@ Examples::
     python predict.py --onnx model.onnx img/street.jpg
     python predict.py --weights logs/best.pth --export-onnx int8.onnx --int8 --calib-data VOCdevkit/VOC2007
     python predict.py --weights logs/best.pth photos/ --save-prob       # + <name>_prob.png (probabilities)
+    python predict.py --weights logs/best.pth scene.tif --polygons      # GeoTIFF scene -> img_out/scene.tif + .geojson
 
 All modes share :class:`utils.inference.predictor.Predictor`; drawing is in :mod:`utils.inference.visualize`.
 """
@@ -28,9 +29,10 @@ from utils.data.io import read_class_names
 from utils.device import PRECISIONS
 from utils.errors import ArgumentParser, UserError, parse_input_size, run_cli
 from utils.evaluation.threshold import threshold_arg
+from utils.geo.run import predict_scenes, scene_options, split_scenes
 from utils.inference.app import export, interactive, predict_jobs
 from utils.inference.benchmark import fps_benchmark
-from utils.inference.cli import add_slide_arguments, build_predictor, output_options, video_options
+from utils.inference.cli import add_bands_argument, add_slide_arguments, build_predictor, output_options, video_options
 from utils.inference.inputs import find_images
 from utils.inference.onnx_export import DEFAULT_OPSET, EXPORTERS
 from utils.inference.outputs import Run, report_counts
@@ -81,8 +83,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=threshold_arg, metavar="P",
                         help="binary models: foreground where the probability reaches P (default: the "
                         "threshold chosen on the validation split, saved in the checkpoint)")
+    parser.add_argument("--polygons", action="store_true",
+                        help="raster scenes: also write <name>.geojson, one polygon per class region, in WGS84")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: scales 0.75/1/1.25 and flips")
     add_slide_arguments(parser)
+    add_bands_argument(parser)
     parser.add_argument("--precision", choices=PRECISIONS, default="fastest",
                         help="fastest (default): fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "
                         "auto: like fastest but fp32 on every CPU; or force fp32/fp16/bf16")
@@ -140,12 +145,17 @@ def main(args: argparse.Namespace) -> int:
         jobs, run.failures = find_images(args.inputs, outputs.out_dir, outputs.save_mask, outputs.save_prob)
         if not jobs:
             raise UserError("; ".join(run.failures) if run.failures else "no images given")
+        scene_outputs = scene_options(outputs, args.polygons)
+        scenes, jobs = split_scenes(jobs, scene_outputs, outputs.out_dir)
+        predict_scenes(scenes, predictor, outputs.out_dir, scene_outputs, run)
         predict_jobs(jobs, predictor, outputs, run)
         print(f"{run.segmented} image(s) segmented -> {outputs.out_dir}/")
     else:
         interactive(predictor, outputs, run)
     if args.count:
         report_counts(run, predictor.class_names, outputs.out_dir)
+    if run.failures and not run.segmented:
+        raise UserError("; ".join(run.failures))  # nothing came out: one error line, exit 2
     if run.failures:
         for failure in run.failures:
             print(f"error: {failure}", file=sys.stderr)

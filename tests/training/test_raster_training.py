@@ -1,6 +1,6 @@
 """The issue's "done when": a 4-band uint16 dataset where only band 4 tells the classes apart trains to a
 clearly learned model through voc_annotation.py --from-rasters, train.py and get_miou.py, as in
-docs/rasters-training.md (statistics recorded in the checkpoint, the same score from get_miou.py)."""
+docs/rasters.md (statistics recorded in the checkpoint, the same score from get_miou.py)."""
 
 from __future__ import annotations
 

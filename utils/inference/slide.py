@@ -70,13 +70,15 @@ def _coverage(length: int, window: int, starts: list[int], device: torch.device)
     return counts
 
 
-def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33,
-               progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33, progress: bool = True,
+               starts: tuple[list[int], list[int]] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Averaged window probabilities of ``image`` as row bands ``(first_row, (C, rows, W) float32)``.
 
     The bands follow each other top to bottom and cover the image's rows exactly once; each is
     yielded as soon as no later window covers it. C is the network's output channels (1 for a
-    binary model, whose band holds the sigmoid).
+    binary model, whose band holds the sigmoid). ``starts`` (sorted rows, sorted columns) replaces
+    the layout of :func:`window_starts`: :mod:`utils.geo.scene` runs, on a block read from a
+    scene, exactly the scene's windows that touch the block, and every pixel must be covered.
     """
     height, width = image.shape[:2]
     win_h, win_w = engine.input_size
@@ -86,8 +88,7 @@ def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33,
         canvas = np.full((pad_h, pad_w, image.shape[2]), engine.fill(image), dtype=image.dtype)
         canvas[:height, :width] = image
         image = canvas
-    ys = window_starts(pad_h, win_h, stride_h)
-    xs = window_starts(pad_w, win_w, stride_w)
+    ys, xs = starts or (window_starts(pad_h, win_h, stride_h), window_starts(pad_w, win_w, stride_w))
     device = engine.device
     row_cover = _coverage(pad_h, win_h, ys, device)
     col_cover = _coverage(pad_w, win_w, xs, device)

@@ -1,0 +1,100 @@
+"""Reading a scene: which of its bands feed the model, and one block's samples and valid mask at a time.
+
+Bands: the spec's ``bands`` (1-based, GDAL order) when the model was trained on a selection; else
+every band but a trailing alpha band; a one-band scene feeds an RGB model its band three times,
+as grey photos are read. Samples keep their type (uint8, uint16, int16, float32; other types
+are read as float32) and the :class:`~utils.inference.engine.Engine` normalises them from the spec.
+
+Validity is GDAL's per-dataset mask (:meth:`rasterio.io.DatasetReader.dataset_mask`): a nodata
+value, an internal or sidecar (``.msk``) mask, or an alpha band; when the model reads the band GDAL
+flags as alpha (a 4-band model on a plain 4-band uint8 file), only the nodata value counts. Invalid samples are replaced
+by a neutral value before the network sees them (the band mean of the spec, else the letterbox
+grey), so that a huge nodata value such as -3.4e38 cannot spill into its valid neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from nets.spec import ModelSpec
+from utils.data.transforms import GREY
+from utils.errors import UserError
+
+SAMPLE_TYPES = ("uint8", "uint16", "int16", "float32")
+
+
+@dataclass(frozen=True)
+class SceneBands:
+    """The bands read for the model (1-based, repeats allowed), their sample type and the fill of invalid pixels."""
+
+    indexes: tuple[int, ...]
+    dtype: np.dtype
+    fill: np.ndarray  # (len(indexes),) of dtype
+    alpha_is_data: bool = False  # a band flagged alpha feeds the model: validity from the nodata value only
+
+
+def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBands:
+    """The bands of ``dataset`` the model of ``spec`` reads (module docstring); UserError naming the file when
+    a band index is out of range or the band count does not match the model."""
+    wanted = getattr(spec, "bands", None)
+    channels = spec.in_channels
+    if wanted:
+        missing = [b for b in wanted if not 1 <= b <= dataset.count]
+        if missing:
+            raise UserError(f"{path}: band {missing[0]} is out of range: the scene has {dataset.count} band(s) "
+                            f"(1..{dataset.count}) and the model reads bands {','.join(map(str, wanted))}")
+        indexes = tuple(int(b) for b in wanted)
+    else:
+        colour = dataset.count - (1 if dataset.count > 1 and dataset.colorinterp[-1] == ColorInterp.alpha else 0)
+        # A model of all the bands reads all of them: GDAL flags the 4th band of a plain 4-band uint8 file
+        # (RGB + near infrared, say) as alpha.
+        colour = dataset.count if dataset.count == channels else colour
+        indexes = (1,) * 3 if colour == 1 and channels == 3 else tuple(range(1, colour + 1))
+    if len(indexes) != channels:
+        raise UserError(f"{path}: the scene has {len(indexes)} band(s) to read, the model takes {channels}: "
+                        f"use a model trained on {len(indexes)}-band data (train.py --bands picks bands)")
+    dtypes = {dataset.dtypes[i - 1] for i in indexes}
+    only = dtypes.pop() if len(dtypes) == 1 else None
+    dtype = np.dtype(only if only in SAMPLE_TYPES else "float32")
+    mean = getattr(spec, "mean", None)
+    fill = np.asarray(mean if mean else [GREY] * channels, dtype=np.float64)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        fill = np.clip(np.round(fill), info.min, info.max)
+    alpha = [i for i in indexes if dataset.colorinterp[i - 1] == ColorInterp.alpha]
+    return SceneBands(indexes, dtype, fill.astype(dtype), alpha_is_data=bool(alpha))
+
+
+def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tuple[int, int],
+               cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(samples (h, w, bands), valid (h, w) bool)`` of the region ``rows`` x ``cols``, invalid samples filled.
+
+    Raises:
+        UserError: naming the file, when a data block fails to decode (a damaged or truncated file).
+    """
+    window = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+    samples = np.empty((rows[1] - rows[0], cols[1] - cols[0], len(bands.indexes)), dtype=bands.dtype)
+    try:
+        for channel, index in enumerate(bands.indexes):
+            # Band by band into the (h, w, C) array: no second copy of the region for the transpose.
+            samples[:, :, channel] = dataset.read(index, window=window, out_dtype=bands.dtype)
+        if bands.alpha_is_data:
+            nodata = dataset.nodata
+            valid = (np.ones(samples.shape[:2], dtype=bool) if nodata is None
+                     else ~(samples == np.asarray(nodata, dtype=bands.dtype)).all(-1))
+        else:
+            valid = dataset.dataset_mask(window=window) > 0
+    except RasterioError as exc:
+        cause = exc.__cause__ or exc  # GDAL's own message says which block failed
+        raise UserError(f"{path}: cannot read the pixels of rows {rows[0]}..{rows[1]}, columns {cols[0]}..{cols[1]} "
+                        f"({cause}); the file is damaged or truncated: re-export or re-download it") from None
+    if not valid.all():
+        samples[~valid] = bands.fill
+    return samples, valid
