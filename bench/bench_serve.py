@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import predict as predict_cli
-from bench.common import machine_description
+from bench.common import machine_description, vary_batchnorm
 from nets.spec import ModelSpec, build_model
 from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from utils.inference.app import predict_jobs
@@ -72,12 +72,7 @@ def write_checkpoint(path: Path) -> None:
     torch.manual_seed(0)
     spec = ModelSpec(backbone="mobilenet", num_classes=21, input_size=(512, 512))
     model = build_model(spec, init="pytorch").eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
+    vary_batchnorm(model)
     save_checkpoint({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 1,
                      "format": CHECKPOINT_FORMAT}, path)
 

@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: timing loops and the machine's matmul ceiling.
+"""Shared benchmark helpers: timing loops, the machine's matmul ceiling, and random models that look trained.
 
 Achieved GFLOP/s of a model only means something next to what the same machine
 reaches on its best-case kernel, so every benchmark measures that ceiling (a large
@@ -66,3 +66,19 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def vary_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a random model's BatchNorm layers varied statistics and biases, in place, and return it.
+
+    A freshly initialised DeepLab predicts almost the same class everywhere; with varied BatchNorm
+    statistics its outputs vary over an image, so masks hold borders and several classes, as a trained
+    model's do. Benchmarks and tests use it to time and check realistic outputs without weights.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model

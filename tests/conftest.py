@@ -123,6 +123,7 @@ def predict_checkpoints(tmp_path_factory):
     state dict in the original release's layout. Returns ``{"ckpt": Path, "bare": Path, "model": DeepLab}``."""
     import torch
 
+    from bench.common import vary_batchnorm
     from nets.deeplabv3_plus import DeepLab
     from nets.spec import ModelSpec
     from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -131,11 +132,7 @@ def predict_checkpoints(tmp_path_factory):
     model = DeepLab(num_classes=3, backbone="mobilenet").eval()
     with torch.no_grad():
         model.cls_conv.bias.zero_()
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
+        vary_batchnorm(model)
     folder = tmp_path_factory.mktemp("predict_ckpt")
     spec = ModelSpec(num_classes=3, class_names=["background", "cat", "dog"], input_size=(64, 64))
     save_checkpoint({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 1,

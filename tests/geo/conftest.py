@@ -11,6 +11,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from bench.common import vary_batchnorm
 from nets.spec import ModelSpec, build_model
 from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
@@ -57,11 +58,7 @@ def lively_model(spec: ModelSpec, seed: int = 0) -> torch.nn.Module:
     model = build_model(spec, init="pytorch").eval()
     with torch.no_grad():
         model.cls_conv.bias.zero_()
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
+        vary_batchnorm(model)
     return model
 
 

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.common import vary_batchnorm
 from nets.deeplabv3_plus import DeepLab
 from nets.spec import ModelSpec
 from utils.inference.options import InferenceOptions
@@ -57,12 +58,7 @@ def binary_predictor() -> Predictor:
     """A random binary MobileNet DeepLab (one sigmoid channel), 64x64 input, default threshold 0.5."""
     torch.manual_seed(5)
     model = DeepLab(num_classes=1, backbone="mobilenet").eval()
-    with torch.no_grad():  # varied BatchNorm statistics, as predict_checkpoints: probabilities that differ
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
+    vary_batchnorm(model)
     spec = ModelSpec(num_classes=2, task="binary", class_names=["background", "road"], input_size=(64, 64))
     return Predictor(model, spec, InferenceOptions(device="cpu", batch_size=4))
 
