@@ -6,9 +6,9 @@ MobileNetV2 DeepLabV3+ checkpoint (21 classes, 512x512 input, varied BatchNorm s
 several classes). Clients post ``--requests`` JPEGs (cycling over ``--images`` distinct ones) at each
 ``--concurrency`` (default 1, 4 and 8) with ``format=overlay`` by default: a blended JPEG back, what
 predict.py writes. Reported per concurrency: images/s, p50 and p99 latency, and ``/health`` latency
-polled during the run (the event loop's responsiveness under load); then the server's peak RSS (VmHWM) and
-its RSS growth between the end of the first and of the last 100 requests (over all phases, after a warm-up
-round at the highest concurrency).
+polled during the run (the event loop's responsiveness under load) and the server's RSS at the end of
+each phase; then the server's peak RSS (VmHWM) and its RSS growth between the end of the first and of the
+last 100 requests (over all phases, after a warm-up round at the highest concurrency).
 
 The baseline is predict.py's own folder loop (:func:`utils.inference.app.predict_jobs`, predict.py's default
 flags, batch 4) in this process over the same images (while the server is idle), images/s; the ratio is
@@ -215,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
                 p50, p99 = np.percentile(phase.latencies, [50, 99]) * 1e3
                 health = np.array(phase.health) * 1e3
                 rows.append((concurrency, args.requests / seconds, p50, p99, float(np.median(health)),
-                             float(health.max()), phase.failures))
+                             float(health.max()), phase.failures, rss_after[-1]))
             peak = rss_mib(server.pid, "VmHWM")
             window = min(100, len(rss_after) // 2)
             first, last = rss_after[window - 1], rss_after[-1]
@@ -225,11 +225,11 @@ def main(args: argparse.Namespace) -> int:
             log.close()
     print()
     print("| concurrency | images/s | ratio to predict.py | p50 ms | p99 ms | p99/p50 | /health median ms | "
-          "/health max ms | failed |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for concurrency, rate, p50, p99, health_median, health_max, failed in rows:
+          "/health max ms | failed | RSS at the end (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for concurrency, rate, p50, p99, health_median, health_max, failed, rss in rows:
         print(f"| {concurrency} | {rate:.2f} | {rate / baseline:.2f} | {p50:.0f} | {p99:.0f} | {p99 / p50:.2f} | "
-              f"{health_median:.1f} | {health_max:.1f} | {failed} |")
+              f"{health_median:.1f} | {health_max:.1f} | {failed} | {rss:.0f} |")
     print(f"\npredict.py folder loop: {baseline:.2f} images/s")
     print(f"server peak RSS (VmHWM): {peak:.0f} MiB; RSS after request {window}: {first:.0f} MiB, after the last "
           f"({len(rss_after)}): {last:.0f} MiB, growth {100 * (last - first) / first:+.1f}%")
