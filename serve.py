@@ -28,6 +28,7 @@ from utils.errors import ArgumentParser, UserError, run_cli
 from utils.evaluation.threshold import threshold_arg
 from utils.inference.cli import add_slide_arguments, build_predictor
 from utils.serving.app import create_app
+from utils.serving.memory import limit_malloc_arenas
 from utils.serving.options import ServeOptions
 
 
@@ -99,6 +100,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = serve_options(args)
+    limit_malloc_arenas()  # before the decoding threads exist: see utils/serving/memory.py
     if args.threads:
         torch.set_num_threads(args.threads)
     sock = bind(options.host, options.port)
