@@ -21,6 +21,7 @@ from nets.task import TASKS
 from utils.errors import ArgumentParser, run_cli
 from utils.training.args import validate_args
 from utils.training.optim import OPTIMIZERS
+from utils.training.options import TrainOptions
 from utils.training.schedule import LR_SCHEDULES
 from utils.training.trainer import run_training
 
@@ -123,20 +124,22 @@ def build_parser(track_given: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the command line (every bad value is a UserError naming its flag)."""
+def parse_args(argv: Sequence[str] | None = None) -> TrainOptions:
+    """Parse and validate the command line (every bad value is a UserError naming its flag).
+
+    The one place where flags become :class:`~utils.training.options.TrainOptions`: one field per flag.
+    """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    flags = build_parser().parse_args(argv)
     given = set(vars(build_parser(track_given=True).parse_args(argv)))
-    args.argv = argv
-    return validate_args(args, given)
+    return validate_args(TrainOptions(**vars(flags), argv=argv), given)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(options: TrainOptions) -> int:
     """Train; returns 0, or 130 after Ctrl-C (last.pth saved)."""
-    return run_training(args)
+    return run_training(options)
 
 
 if __name__ == "__main__":

@@ -179,9 +179,9 @@ def measure_ours(cfg: dict[str, Any]) -> dict[str, Any]:
                 "--epochs", "1", "--workers", str(cfg["workers"]), "--device", cfg["device"],
                 "--save-dir", str(Path(scratch) / "run"), *(["--amp"] if cfg["amp"] else []),
                 *(["--dice"] if cfg["dice"] else [])]
-        args = parse_args(argv)
+        options = parse_args(argv)
         device = torch.device(cfg["device"])
-        trainer = Trainer(args, DistContext(device=device))
+        trainer = Trainer(options, DistContext(device=device))
         trainer.enter_phase(False)
         stop = StopAfter(cfg["warmup"], cfg["steps"])
         result = train_epoch(trainer.parts, trainer.model, trainer.train_loader, 0, stop)

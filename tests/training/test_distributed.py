@@ -3,7 +3,6 @@ iteration with last.pth saved; ``--resume`` is decided on rank 0; the ImageNet f
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -89,6 +88,7 @@ def _rank_main(rank: int, world: int, port: int, base: str, results: str) -> Non
     from utils.errors import UserError
     from utils.training import builder
     from utils.training.distributed import DistContext
+    from utils.training.options import TrainOptions
     from utils.training.resume import resolve_resume
 
     node = Path(base) / f"node{rank}"
@@ -97,10 +97,10 @@ def _rank_main(rank: int, world: int, port: int, base: str, results: str) -> Non
     out: list[str] = []
 
     def attempt(**flags) -> None:
-        args = argparse.Namespace(save_dir="run", **flags)
+        options = TrainOptions(save_dir="run", **flags)
         try:
-            resolve_resume(args, ctx)
-            out.append(f"resume={args.resume}")
+            resolve_resume(options, ctx)
+            out.append(f"resume={options.resume}")
         except UserError as exc:
             out.append(f"error={exc}")
 
@@ -122,7 +122,7 @@ def _rank_main(rank: int, world: int, port: int, base: str, results: str) -> Non
     builder.fetch_backbone_file = fetch
     builder.backbone_weights_path = lambda backbone: shared
     same_node = DistContext(rank=rank, local_rank=rank, world_size=world)
-    builder.fetch_pretrained(argparse.Namespace(pretrained=True, backbone="mobilenet"), same_node)
+    builder.fetch_pretrained(TrainOptions(pretrained=True, backbone="mobilenet"), same_node)
     out.append("fetch done")
     (Path(results) / f"rank{rank}.txt").write_text("\n".join(out))
     dist.destroy_process_group()

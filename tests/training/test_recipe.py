@@ -4,7 +4,6 @@ of in-training evaluation."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from utils.training.builder import check_batch
 from utils.training.distributed import DistContext
 from utils.training.epoch import NonFiniteGuard, NonFiniteLossError, scaler_found_inf
 from utils.training.logger import format_summary
+from utils.training.options import TrainOptions
 from utils.training.schedule import scaled_lr
 from utils.training.validate import training_precision
 
@@ -62,15 +62,15 @@ def _start_as_rank_1_of_2(monkeypatch, argv: list[str], rank0: tuple) -> list[tu
     started: list[tuple] = []
 
     class Started:
-        def __init__(self, args: argparse.Namespace, ctx: DistContext) -> None:
-            started.append((args.resume, args.freeze_epochs))
+        def __init__(self, options: TrainOptions, ctx: DistContext) -> None:
+            started.append((options.resume, options.freeze_epochs))
 
         def fit(self) -> int:
             return 0
 
     monkeypatch.setattr(trainer_module, "init_distributed", lambda device: ctx)
     monkeypatch.setattr(trainer_module, "cleanup_distributed", lambda: None)
-    monkeypatch.setattr(trainer_module, "prepare_demo_data", lambda args, ctx: None)
+    monkeypatch.setattr(trainer_module, "prepare_demo_data", lambda options, ctx: None)
     monkeypatch.setattr(trainer_module, "Trainer", Started)
     assert main(parse_args(argv)) == 0
     return started
@@ -109,8 +109,7 @@ def test_a_resumed_run_keeps_its_frozen_phase(train_data_root, init_weights, tmp
 
 
 def test_summary_says_why_there_is_no_frozen_phase(train_data_root, tmp_path):
-    args = parse_args(flags(train_data_root, tmp_path / "a"))
-    config = dict(vars(args), input_size=[64, 64])
+    config = dict(parse_args(flags(train_data_root, tmp_path / "a")).settings(), input_size=[64, 64])
     extra = {"init": "random", "num_train": 8, "num_val": 4, "lr_note": "", "device": "cpu", "world_size": 1,
              "amp_dtype": "bfloat16"}
     text = format_summary(config, extra)
@@ -120,8 +119,8 @@ def test_summary_says_why_there_is_no_frozen_phase(train_data_root, tmp_path):
     assert "2 with the backbone frozen at batch 8, BatchNorm statistics fixed" in format_summary(frozen, extra)
 
 
-def batch_args(sync_bn: bool) -> argparse.Namespace:
-    return argparse.Namespace(sync_bn=sync_bn, data_root="data")
+def batch_args(sync_bn: bool) -> TrainOptions:
+    return TrainOptions(sync_bn=sync_bn, data_root="data")
 
 
 @pytest.mark.parametrize(("batch", "world", "sync_bn", "used"), [
@@ -248,7 +247,7 @@ def test_amp_stops_after_the_limit_in_a_row(train_data_root, tmp_path, monkeypat
 
 def test_in_training_evaluation_runs_in_the_training_precision():
     def parts(amp: bool, dtype: torch.dtype) -> SimpleNamespace:
-        return SimpleNamespace(args=SimpleNamespace(amp=amp), amp_dtype=dtype)
+        return SimpleNamespace(options=TrainOptions(amp=amp), amp_dtype=dtype)
 
     assert training_precision(parts(False, torch.bfloat16)) == "fp32"
     assert training_precision(parts(True, torch.bfloat16)) == "bf16"

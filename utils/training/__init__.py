@@ -1,6 +1,7 @@
 """The training run behind ``train.py``, one module per part.
 
-- :mod:`~utils.training.args`: validation of train.py's flags.
+- :mod:`~utils.training.options`: ``TrainOptions``, the typed options a run takes (one field per train.py flag).
+- :mod:`~utils.training.args`: validation of the options.
 - :mod:`~utils.training.demo`: ``--demo`` settings and data.
 - :mod:`~utils.training.schedule`: LR batch scaling and the schedule (torch's ``LambdaLR``).
 - :mod:`~utils.training.optim`: the optimizer and the loss's class weights.

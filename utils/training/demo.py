@@ -6,12 +6,12 @@ The settings are defaults only: flags the user gives keep their values. The data
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from utils.data.demo import DEMO_CLASSES, make_demo_dataset
 from utils.training.distributed import DistContext, barrier
+from utils.training.options import TrainOptions
 
 DEMO_ROOT = Path("VOCdevkit/demo")
 # The CPU demo: a small model input, no freezing (the backbone starts random), no ImageNet file.
@@ -23,7 +23,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 DEMO_SAVE_DIR = Path("logs/demo")
 
 
-def apply_demo_settings(args: argparse.Namespace, given: set[str]) -> None:
+def apply_demo_settings(options: TrainOptions, given: set[str]) -> None:
     """``--demo``: use the small CPU configuration (flags only; the data is made by :func:`prepare_demo_data`).
 
     Flags the user gave explicitly (``given``) keep their values. Without ``--save-dir`` a new
@@ -33,15 +33,15 @@ def apply_demo_settings(args: argparse.Namespace, given: set[str]) -> None:
     """
     for key, value in DEMO_SETTINGS.items():
         if key not in given:
-            setattr(args, key, value)
+            setattr(options, key, value)
     if "classes" not in given and "num_classes" not in given:
-        args.classes = None
-        args.num_classes = len(DEMO_CLASSES)
+        options.classes = None
+        options.num_classes = len(DEMO_CLASSES)
     if "save_dir" not in given:
-        if args.resume == "auto":
-            args.save_dir = str(DEMO_SAVE_DIR)
-        elif not args.resume:  # --resume PATH continues in PATH's folder (validate_args)
-            args.save_dir = str(free_demo_dir(DEMO_SAVE_DIR))
+        if options.resume == "auto":
+            options.save_dir = str(DEMO_SAVE_DIR)
+        elif not options.resume:  # --resume PATH continues in PATH's folder (validate_args)
+            options.save_dir = str(free_demo_dir(DEMO_SAVE_DIR))
 
 
 def free_demo_dir(base: Path) -> Path:
@@ -53,14 +53,14 @@ def free_demo_dir(base: Path) -> Path:
     return candidate
 
 
-def prepare_demo_data(args: argparse.Namespace, ctx: DistContext) -> None:
+def prepare_demo_data(options: TrainOptions, ctx: DistContext) -> None:
     """``--demo``: write the demo dataset if missing, on the main rank only; the others wait for it.
 
     Runs after the process group exists so that under torchrun one process writes the files.
     A ``--data-root`` of the user's that already exists is left alone.
     """
-    if not args.demo:
+    if not options.demo:
         return
-    if ctx.is_main and (Path(args.data_root) == DEMO_ROOT or not Path(args.data_root).exists()):
-        make_demo_dataset(args.data_root)
+    if ctx.is_main and (Path(options.data_root) == DEMO_ROOT or not Path(options.data_root).exists()):
+        make_demo_dataset(options.data_root)
     barrier(ctx)

@@ -132,7 +132,7 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
     next batch. Non-finite losses go to ``guard`` (:class:`NonFiniteGuard`), which skips the
     step or raises :class:`NonFiniteLossError`.
     """
-    args, ctx = parts.args, parts.ctx
+    options, ctx = parts.options, parts.ctx
     guard = guard or NonFiniteGuard()
     model.train()
     # Workers persist across epochs: end those of the other training phase's loader (its batch size
@@ -140,18 +140,18 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
     release_other_workers(parts.loaders.values(), keep=loader)
     set_loader_epoch(loader, epoch)
     # Dropout draws from torch's global generator: make it a function of the epoch.
-    torch.manual_seed(int(np.random.SeedSequence([args.seed, ctx.rank, epoch]).generate_state(1)[0]))
+    torch.manual_seed(int(np.random.SeedSequence([options.seed, ctx.rank, epoch]).generate_state(1)[0]))
     batches = iter(loader)
     total = len(loader)
     for _ in range(skip):
         next(batches)
     if skip and resume_rng is not None:
         restore_rng(resume_rng)
-    bar = progress(range(skip, total), total=total, desc=f"epoch {epoch + 1}/{args.epochs}", enabled=ctx.is_main)
+    bar = progress(range(skip, total), total=total, desc=f"epoch {epoch + 1}/{options.epochs}", enabled=ctx.is_main)
     bar.update(skip)
     normalization = Normalization.of(parts.spec)
-    fallback = (torch.zeros(loader.batch_size, parts.spec.in_channels, *args.input_size, dtype=torch.uint8),
-                torch.zeros(loader.batch_size, *args.input_size, dtype=torch.uint8)) if ctx.enabled else None
+    fallback = (torch.zeros(loader.batch_size, parts.spec.in_channels, *options.input_size, dtype=torch.uint8),
+                torch.zeros(loader.batch_size, *options.input_size, dtype=torch.uint8)) if ctx.enabled else None
     loss_sum, seen, done, tick = 0.0, 0, skip, time.perf_counter()
     lr = parts.optimizer.param_groups[0]["lr"]
     stop_agreed = _agree_to_stop(parts, stop) if ctx.enabled else False
@@ -165,7 +165,7 @@ def train_epoch(parts: RunParts, model: nn.Module, loader: SeededLoader, epoch: 
         images, labels = to_device(*batch, parts.device, channels_last=parts.channels_last,
                                    normalization=normalization)
         lr = parts.optimizer.param_groups[0]["lr"]
-        with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
+        with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=options.amp):
             logits = model(images)
         loss = parts.criterion(logits.float(), labels)
         parts.optimizer.zero_grad(set_to_none=True)

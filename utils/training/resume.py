@@ -9,7 +9,6 @@ with back from its checkpoint (:func:`recorded_setting`).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,22 @@ import torch.distributed as dist
 from utils.checkpoint import read_weights_file
 from utils.errors import UserError
 from utils.training.distributed import DistContext
+from utils.training.options import TrainOptions
 
 
-def _decide(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+def _decide(options: TrainOptions) -> tuple[str | None, str | None, str | None]:
     """Rank 0's decision from its own filesystem: (checkpoint or None, note to print, error message)."""
-    resume, note = args.resume, None
+    resume, note = options.resume, None
     if resume == "auto":
-        candidate = Path(args.save_dir) / "last.pth"
+        candidate = Path(options.save_dir) / "last.pth"
         resume = str(candidate) if candidate.is_file() else None
         if resume is None:
             note = f"--resume auto: no {candidate} yet, starting a new run"
     elif resume and not Path(resume).is_file():
-        return None, None, f"--resume {resume}: file not found (use auto for {args.save_dir}/last.pth)"
-    if not resume and (Path(args.save_dir) / "last.pth").exists():
+        return None, None, f"--resume {resume}: file not found (use auto for {options.save_dir}/last.pth)"
+    if not resume and (Path(options.save_dir) / "last.pth").exists():
         # A new run would replace the checkpoints, metrics.csv, config.json and TensorBoard curves.
-        return None, None, (f"--save-dir {args.save_dir} already holds a run (last.pth): continue it with "
+        return None, None, (f"--save-dir {options.save_dir} already holds a run (last.pth): continue it with "
                             "--resume auto or choose another --save-dir")
     return resume, note, None
 
@@ -46,19 +46,19 @@ def _broadcast(value: object, ctx: DistContext) -> object:
     return box[0]
 
 
-def resolve_resume(args: argparse.Namespace, ctx: DistContext) -> None:
-    """Set ``args.resume`` to the checkpoint every rank continues from (None for a new run).
+def resolve_resume(options: TrainOptions, ctx: DistContext) -> None:
+    """Set ``options.resume`` to the checkpoint every rank continues from (None for a new run).
 
     Raises:
         UserError: on every rank, when the file is missing on rank 0, when a new run would
             overwrite ``<save-dir>/last.pth``, or when some rank cannot read the checkpoint.
     """
-    resume, note, error = _broadcast(_decide(args) if ctx.is_main else None, ctx)  # type: ignore[misc]
+    resume, note, error = _broadcast(_decide(options) if ctx.is_main else None, ctx)  # type: ignore[misc]
     if error:
         raise UserError(error)
     if note and ctx.is_main:
         print(note)
-    args.resume = resume
+    options.resume = resume
     if resume is None or not ctx.enabled:
         return
     readable = [None] * ctx.world_size

@@ -67,7 +67,7 @@ def save_epoch(parts: RunParts, progress: RunProgress, save_dir: Path, epoch: in
         # Serialise once; the other files are byte copies of last.pth.
         if improved:
             copy_checkpoint(last, save_dir / "best.pth")
-        if epoch % parts.args.save_period == 0:
+        if epoch % parts.options.save_period == 0:
             copy_checkpoint(last, save_dir / f"epoch_{epoch:03d}.pth")
     barrier(parts.ctx)
 
@@ -91,11 +91,11 @@ def recorded_settings(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None:
     """UserError when the checkpoint was trained with another optimizer, schedule or model than this run."""
-    args = parts.args
+    options = parts.options
     for key, flag in (("optimizer", "--optimizer"), ("lr_schedule", "--lr-schedule")):
-        if saved.get(key) not in (None, getattr(args, key)):
+        if saved.get(key) not in (None, getattr(options, key)):
             raise UserError(f"--resume {path} was trained with {flag} {saved[key]}, but this run has {flag} "
-                            f"{getattr(args, key)}: pass {flag} {saved[key]} to continue it")
+                            f"{getattr(options, key)}: pass {flag} {saved[key]} to continue it")
     spec = parts.spec.to_dict()
     for key, what, hint in (("task", "--task {}", "pass --task {}"),
                             ("backbone", "the {} backbone", "pass --backbone {}"),
@@ -126,7 +126,7 @@ def load_resume(path: str, parts: RunParts) -> RunProgress:
         parts.optimizer.load_state_dict(obj["optimizer"])
     except ValueError as exc:
         raise UserError(f"--resume {path}: its optimizer state does not fit --optimizer "
-                        f"{parts.args.optimizer} ({exc}); use the optimizer it was trained with") from None
+                        f"{parts.options.optimizer} ({exc}); use the optimizer it was trained with") from None
     if "lr_lambdas" in (obj.get("scheduler") or {}):
         parts.scheduler.load_state_dict(obj["scheduler"])
     if obj.get("scaler"):
@@ -134,7 +134,7 @@ def load_resume(path: str, parts: RunParts) -> RunProgress:
     progress = RunProgress(start_epoch=int(obj["epoch"]), start_iteration=int(obj.get("iteration", 0)),
                            best_miou=float(obj.get("best_miou", -1.0)), resume_rng=obj.get("rng"))
     progress.history = [row for row in obj.get("history", []) if int(row["epoch"]) <= progress.start_epoch]
-    if progress.start_epoch >= parts.args.epochs:
+    if progress.start_epoch >= parts.options.epochs:
         raise UserError(f"--resume {path} has already finished {progress.start_epoch} epochs; raise --epochs "
                         "to train longer")
     seek(parts.scheduler, steps_before(parts.plan, progress.start_epoch, progress.start_iteration))

@@ -14,7 +14,6 @@ checkpoints and resume (:mod:`~utils.training.state`), stop handling (:mod:`~uti
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -35,6 +34,7 @@ from utils.training.distributed import (
 )
 from utils.training.epoch import EpochResult, NonFiniteGuard, NonFiniteLossError, train_epoch
 from utils.training.logger import RunLogger, format_summary
+from utils.training.options import TrainOptions
 from utils.training.schedule import describe
 from utils.training.state import RunProgress, load_resume, save_epoch, save_interrupted
 from utils.training.stop import StopRequest, resume_command
@@ -45,21 +45,21 @@ class Trainer:
     """One training run: its parts (:func:`~utils.training.builder.build_run`), progress, logger and stop flag.
 
     Args:
-        args: validated arguments (see :func:`utils.training.args.validate_args`).
+        options: validated options (see :func:`utils.training.args.validate_args`).
         ctx: the distributed context (single process when not under torchrun).
     """
 
-    def __init__(self, args: argparse.Namespace, ctx: DistContext) -> None:
-        self.args, self.ctx = args, ctx
-        self.save_dir = Path(args.save_dir)
-        self.parts = build_run(args, ctx)
-        self.progress = load_resume(args.resume, self.parts) if args.resume else RunProgress()
+    def __init__(self, options: TrainOptions, ctx: DistContext) -> None:
+        self.options, self.ctx = options, ctx
+        self.save_dir = Path(options.save_dir)
+        self.parts = build_run(options, ctx)
+        self.progress = load_resume(options.resume, self.parts) if options.resume else RunProgress()
         self.frozen: bool | None = None
         self.model = self.parts.net  # DDP-wrapped under torchrun
         self.train_loader = None
         self.logger = RunLogger(self.save_dir, enabled=ctx.is_main, purge_step=self.progress.start_epoch + 1)
         self.stop = StopRequest()
-        self.guard = NonFiniteGuard(args.nonfinite_limit if args.amp else 1)
+        self.guard = NonFiniteGuard(options.nonfinite_limit if options.amp else 1)
 
     def enter_phase(self, frozen: bool) -> None:
         """Switch between the frozen and unfrozen phase: freezing, the phase's loader, the DDP wrapper."""
@@ -67,7 +67,7 @@ class Trainer:
             return
         self.frozen = frozen
         if frozen:
-            freeze_backbone(self.parts.net, fix_bn=self.args.freeze_bn)
+            freeze_backbone(self.parts.net, fix_bn=self.options.freeze_bn)
         else:
             unfreeze_backbone(self.parts.net)
         self.train_loader = self.parts.loaders[frozen]
@@ -85,12 +85,12 @@ class Trainer:
 
     def fit(self) -> int:
         """Train from the start epoch to ``--epochs``; return the exit status (130 after Ctrl-C)."""
-        args, progress = self.args, self.progress
+        options, progress = self.options, self.progress
         if self.ctx.is_main:
             self._print_summary()
         with self.stop.installed():
-            for epoch in range(progress.start_epoch, args.epochs):
-                self.enter_phase(epoch < args.freeze_epochs)
+            for epoch in range(progress.start_epoch, options.epochs):
+                self.enter_phase(epoch < options.freeze_epochs)
                 skip = progress.start_iteration if epoch == progress.start_epoch else 0
                 started = time.perf_counter()
                 try:
@@ -104,7 +104,7 @@ class Trainer:
                                        "lr": f"{result.lr:.6g}", "train_loss": f"{result.loss:.5f}",
                                        "seconds": f"{seconds:.1f}", "images_per_s": f"{result.images / seconds:.2f}"}
                 improved = False
-                if (epoch + 1) % args.eval_period == 0 or epoch + 1 == args.epochs:
+                if (epoch + 1) % options.eval_period == 0 or epoch + 1 == options.epochs:
                     scores = self.evaluate(epoch + 1)
                     row.update(scores)
                     # A binary run keeps the checkpoint of the best foreground IoU, the figure it is tuned for.
@@ -126,9 +126,9 @@ class Trainer:
         extra = {"init": parts.init_note, "num_train": len(parts.train_set), "num_val": len(parts.val_set),
                  "lr_note": describe(parts.plan), "device": str(parts.device), "world_size": self.ctx.world_size,
                  "amp_dtype": str(parts.amp_dtype).removeprefix("torch."),
-                 "sync_bn": self.args.sync_bn and self.ctx.enabled}
-        if self.args.resume:
-            extra["resume"] = self.progress.describe(self.args.resume)
+                 "sync_bn": self.options.sync_bn and self.ctx.enabled}
+        if self.options.resume:
+            extra["resume"] = self.progress.describe(self.options.resume)
         if parts.class_weights is not None:
             extra["class_weights"] = ", ".join(f"{w:.3g}" for w in parts.class_weights.tolist())
         config = {**parts.settings, **parts.spec.to_dict()}
@@ -151,7 +151,7 @@ class Trainer:
             self.logger.close()
             print(f"\ninterrupted: saved {last} (epoch {epoch + 1}, {result.done} of {len(self.train_loader)} "
                   "batches done). Continue exactly where it stopped with:\n  "
-                  + resume_command(self.args.argv, self.save_dir, self.ctx.world_size), file=sys.stderr)
+                  + resume_command(self.options.argv, self.save_dir, self.ctx.world_size), file=sys.stderr)
         barrier(self.ctx)
         return 130
 
@@ -164,16 +164,16 @@ class Trainer:
         print(f"\ndone: {miou}; weights in {weights}\n"
               f"predict:  python predict.py --weights {shlex.quote(str(weights))} {shlex.quote(str(example))}\n"
               f"evaluate: python get_miou.py --weights {shlex.quote(str(weights))} "
-              f"--data-root {shlex.quote(str(self.args.data_root))}", flush=True)
+              f"--data-root {shlex.quote(str(self.options.data_root))}", flush=True)
 
 
-def run_training(args: argparse.Namespace) -> int:
+def run_training(options: TrainOptions) -> int:
     """Start (or join) the process group, train, and leave the group."""
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(options.device)
     try:
         if launched_by_torchrun():
-            resolve_start(args, ctx)
-        prepare_demo_data(args, ctx)
-        return Trainer(args, ctx).fit()
+            resolve_start(options, ctx)
+        prepare_demo_data(options, ctx)
+        return Trainer(options, ctx).fit()
     finally:
         cleanup_distributed()

@@ -27,7 +27,7 @@ from utils.training.logger import RunLogger, progress
 
 def training_precision(parts: RunParts) -> str:
     """The precision the run trains in, as :func:`utils.device.resolve_precision` names it."""
-    if not parts.args.amp:
+    if not parts.options.amp:
         return "fp32"
     return "fp16" if parts.amp_dtype == torch.float16 else "bf16"
 
@@ -42,25 +42,25 @@ def evaluate(parts: RunParts, epoch: int, logger: RunLogger) -> dict[str, float]
     to TensorBoard; the net is left in training mode (a backbone frozen with ``--freeze-bn``
     stays in eval mode, see :func:`nets.deeplabv3_plus.freeze_backbone`).
     """
-    args, ctx, net = parts.args, parts.ctx, parts.net
+    ctx, net = parts.ctx, parts.net
     net.eval()
     loss_sum = torch.zeros(2, dtype=torch.float64, device=parts.device)
     set_loader_epoch(parts.val_loader, 0)
     for images, labels in progress(parts.val_loader, len(parts.val_loader), "  val loss", ctx.is_main):
         images, labels = to_device(images, labels, parts.device, channels_last=parts.channels_last,
                                    normalization=Normalization.of(parts.spec))
-        with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=args.amp):
+        with torch.autocast(parts.device.type, dtype=parts.amp_dtype, enabled=parts.options.amp):
             logits = net(images)
         loss_sum[0] += parts.criterion(logits.float(), labels).double() * images.shape[0]
         loss_sum[1] += images.shape[0]
     all_reduce_sum(loss_sum, ctx)
 
-    options = InferenceOptions(device=parts.device, batch_size=per_rank(args.batch_size, ctx),
+    options = InferenceOptions(device=parts.device, batch_size=per_rank(parts.options.batch_size, ctx),
                                precision=training_precision(parts))
     predictor = Predictor(net, parts.spec, options)
     binary = parts.spec.task_obj.thresholded
     sweep = ThresholdSweep(SWEEP_THRESHOLDS, device=parts.device) if binary else None
-    matrix = None if binary else ConfusionMatrix(args.num_classes, device=parts.device)
+    matrix = None if binary else ConfusionMatrix(parts.options.num_classes, device=parts.device)
     indices = range(ctx.rank, len(parts.val_set), ctx.world_size)
     samples = []
     for _, image, label, pred, prob in iterate_predictions(predictor, parts.val_set.load_pair, indices,
