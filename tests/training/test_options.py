@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 import train
 from tests.test_train import tiny_args
 from utils.training.args import validate_args
-from utils.training.options import TrainOptions, flag_fields
+from utils.training.options import TrainOptions, field_choices, flag_fields
 from utils.training.trainer import run_training
 
 
@@ -61,3 +62,13 @@ def test_python_options_train_and_record_what_the_command_line_records(train_dat
     assert configs[0] == configs[1]
     # The same seeded run on the CPU: the same weights.
     assert all(torch.equal(ours["model"][key], theirs["model"][key]) for key in theirs["model"])
+
+
+def test_fields_with_fixed_values_refuse_others_and_list_the_valid_ones():
+    parser_choices = {action.dest: tuple(action.choices) for action in train.build_parser()._actions
+                      if action.choices}
+    assert {name: parser_choices[name] for name in field_choices()} == field_choices()
+    with pytest.raises(ValueError, match=r"backbone='resnet' is not one of: .*mobilenet.*xception"):
+        TrainOptions(backbone="resnet")
+    with pytest.raises(ValueError, match=r"optimizer='lamb' is not one of: sgd"):
+        TrainOptions(optimizer="lamb")

@@ -159,6 +159,11 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
+        # train.py's parser refuses these already; options built in Python get the same refusal here,
+        # naming the field, instead of a failure wherever the value is first used.
+        for name, valid in field_choices().items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(map(str, valid))}")
 
     def settings(self) -> dict[str, Any]:
         """The run's settings as checkpoints (``train``) and config.json record them: every flag field and
@@ -169,6 +174,20 @@ class TrainOptions:
         """The flag fields whose values differ from their defaults: what validation takes as given for
         options built in Python (train.py passes the flags given on its command line instead)."""
         return {f.name for f in flag_fields() if getattr(self, f.name) != _default(f)}
+
+
+def field_choices() -> dict[str, tuple[Any, ...]]:
+    """The fields with a fixed set of values and those values, as train.py's parser offers them."""
+    from nets.deeplabv3_plus import DOWNSAMPLE_FACTORS, HEADS
+    from nets.init import INIT_RULES
+    from nets.registry import backbone_names
+    from nets.task import TASKS
+    from utils.training.optim import OPTIMIZERS
+    from utils.training.schedule import LR_SCHEDULES
+
+    return {"task": tuple(TASKS), "backbone": tuple(backbone_names()), "downsample_factor": tuple(DOWNSAMPLE_FACTORS),
+            "head": tuple(HEADS), "init": tuple(INIT_RULES), "optimizer": tuple(OPTIMIZERS),
+            "lr_schedule": tuple(LR_SCHEDULES)}
 
 
 def flag_fields() -> list[Field[Any]]:
