@@ -4,7 +4,7 @@ glibc gives each thread that allocates while the others hold their arenas a new 
 per core. The service decodes and encodes uploads in a pool of threads, so every step up in
 concurrency brings more arenas, each keeping the freed pages of its multi-megabyte image buffers:
 the RSS grew 11.7% between the first and the last 100 requests of ``bench/bench_serve.py``'s default
-run (concurrency 1, then 4, then 8), and 0.8% with two arenas (BENCHMARKS.md, issue 22).
+run (concurrency 1, then 4, then 8), and 4.1% with two arenas (BENCHMARKS.md, issue 22).
 """
 
 from __future__ import annotations
