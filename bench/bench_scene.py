@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import peak_rss_mib, run_child
+
 BANDS = 4
 TOP = 5700  # Sentinel-2 reflectance spans about 0..5700
 STRIP = 512
@@ -73,10 +72,6 @@ def make_scene(path: Path, side: int) -> Path:
     return path
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     import tempfile
@@ -114,7 +109,7 @@ def child(args: argparse.Namespace) -> None:
         predict_scene(predictor, source, Path(out_dir) / "classes.tif", SceneOptions(progress=False))
         seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "forward_seconds": forward["seconds"], "windows": forward["windows"],
-                      "peak_mib": _peak_rss_mib(), "machine": machine_description()}))
+                      "peak_mib": peak_rss_mib(), "machine": machine_description()}))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -127,9 +122,7 @@ def main(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         make_scene(args.data_dir / f"scene_{side}.tif", side)
         print(f"{side}^2 scene ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, "-m", "bench.bench_scene", "--child", str(side), *passthrough],
-                             cwd=REPO, capture_output=True, text=True, check=True)
-        record = json.loads(out.stdout.strip().splitlines()[-1])
+        record = run_child("bench.bench_scene", [str(side), *passthrough])
         record["side"] = side
         rows.append(record)
         print(f"{side}^2: {record['seconds']:.0f} s, peak RSS {record['peak_mib']:.0f} MiB", file=sys.stderr,

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import peak_rss_mib, run_child
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -42,10 +40,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--child", type=_size, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _current_rss_mib() -> float:
@@ -83,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     stride = strides((args.window, args.window), SlideOptions.overlap)[0]
     windows = len(window_starts(height, args.window, stride)) * len(window_starts(width, args.window, stride))
-    print(json.dumps({"seconds": seconds, "peak_mib": _peak_rss_mib(), "before_mib": before,
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_rss_mib(), "before_mib": before,
                       "windows": windows, "mask_shape": list(mask.shape), "machine": machine_description()}))
 
 
@@ -95,9 +89,7 @@ def main(args: argparse.Namespace) -> None:
         passthrough += ["--threads", str(args.threads)]
     for round_index in range(args.rounds):
         for height, width in args.sizes:
-            out = subprocess.run([sys.executable, "-m", "bench.bench_slide", "--child", f"{height}x{width}",
-                                  *passthrough], cwd=REPO, capture_output=True, text=True, check=True)
-            record = json.loads(out.stdout.strip().splitlines()[-1])
+            record = run_child("bench.bench_slide", [f"{height}x{width}", *passthrough])
             results[(height, width)].append(record)
             print(f"round {round_index + 1}: {width}x{height}: {record['seconds']:.1f} s, peak RSS "
                   f"{record['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)

@@ -7,10 +7,15 @@ square float32 matmul) in the same run.
 
 from __future__ import annotations
 
+import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -82,3 +87,16 @@ def vary_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
                 module.running_var.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
     return model
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB (``ru_maxrss``: Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(module: str, child_args: Sequence[str]) -> dict:
+    """Run ``python -m module --child ...`` in a fresh interpreter from the repository root and return the
+    JSON record it prints last: a fresh process per case, so each peak RSS is that case's alone."""
+    out = subprocess.run([sys.executable, "-m", module, "--child", *child_args],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
