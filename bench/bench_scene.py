@@ -4,7 +4,8 @@ For each size (default 4000, 8000 and 16000 px a side) a 4-band uint16 GeoTIFF s
 on disk (tiled, deflate, values 0..5700 like Sentinel-2 reflectance, written strip by strip in
 bounded memory, kept in ``--data-dir`` for the next run). A fresh Python process then builds a
 MobileNetV2 DeepLabV3+ (random weights, ``--classes`` classes, 4 input bands, 512x512 windows,
-overlap 0.33, batch 4, the default precision ``fastest``) and predicts the scene with
+overlap 0.33, the scene's default batch (1 window on a CPU), the default precision ``fastest``) and
+predicts the scene with
 :func:`utils.geo.scene.predict_scene` into a class GeoTIFF (+ preview). It reports the wall
 seconds of that call, seconds per megapixel, the share of the time spent outside the network's
 forward pass (reading, filling, averaging, writing, overviews, preview), and the process's peak
@@ -36,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="scene sides in pixels (default 4000 8000 16000)")
     parser.add_argument("--classes", type=int, default=6, help="classes (default 6, as ISPRS Potsdam)")
     parser.add_argument("--window", type=int, default=512, help="window (input) size (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: the scene's, 1 on a CPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bench_scene"),
                         help="where the generated scenes are kept (default /tmp/bench_scene)")
@@ -90,8 +91,7 @@ def child(args: argparse.Namespace) -> None:
     source = args.data_dir / f"scene_{args.child}.tif"
     spec = ModelSpec(num_classes=args.classes, in_channels=BANDS, input_size=(args.window, args.window))
     model = build_model(spec, init="pytorch").eval()
-    predictor = Predictor(model, spec, InferenceOptions(device="cpu", batch_size=args.batch_size,
-                                                        precision="fastest", mode="slide"))
+    predictor = Predictor(model, spec, InferenceOptions(device="cpu", precision="fastest", mode="slide"))
     del model
     backend = predictor.engine.backend
     forward = {"seconds": 0.0, "windows": 0}
@@ -106,7 +106,8 @@ def child(args: argparse.Namespace) -> None:
     predictor.engine.backend = timed
     with tempfile.TemporaryDirectory(dir=args.data_dir) as out_dir:
         start = time.perf_counter()
-        predict_scene(predictor, source, Path(out_dir) / "classes.tif", SceneOptions(progress=False))
+        predict_scene(predictor, source, Path(out_dir) / "classes.tif",
+                      SceneOptions(batch_size=args.batch_size, progress=False))
         seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "forward_seconds": forward["seconds"], "windows": forward["windows"],
                       "peak_mib": peak_rss_mib(), "machine": machine_description()}))
@@ -114,8 +115,9 @@ def child(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     rows = []
-    passthrough = ["--classes", str(args.classes), "--window", str(args.window), "--batch-size",
-                   str(args.batch_size), "--data-dir", str(args.data_dir)]
+    passthrough = ["--classes", str(args.classes), "--window", str(args.window), "--data-dir", str(args.data_dir)]
+    if args.batch_size:
+        passthrough += ["--batch-size", str(args.batch_size)]
     if args.threads:
         passthrough += ["--threads", str(args.threads)]
     for side in args.sizes:
@@ -128,8 +130,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"{side}^2: {record['seconds']:.0f} s, peak RSS {record['peak_mib']:.0f} MiB", file=sys.stderr,
               flush=True)
     print(f"Machine: {rows[0]['machine']}; mobilenet, {args.classes} classes, 4-band uint16 scenes, "
-          f"{args.window}x{args.window} windows, overlap 0.33, batch {args.batch_size}, precision fastest; "
-          "one fresh process per size")
+          f"{args.window}x{args.window} windows, overlap 0.33, batch {args.batch_size or 'default'}, "
+          "precision fastest; one fresh process per size")
     print("| scene (px) | megapixels | windows run | seconds | s / MP | vs smallest | outside forward | "
           "peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -81,7 +81,7 @@ def test_four_band_uint16_scene_equals_the_in_memory_prediction(tmp_path):
     source = write_scene(tmp_path / "s2.tif", samples, tiled=True)
     model, spec, _ = four_band_model(tmp_path)
     predictor = Predictor(model, spec, InferenceOptions(device="cpu", precision="fp32", mode="slide", batch_size=1))
-    predict_scene(predictor, source, tmp_path / "o" / "s2.tif", SceneOptions(block=64, progress=False))
+    predict_scene(predictor, source, tmp_path / "o" / "s2.tif", SceneOptions(strip=64, progress=False))
     with rasterio.open(tmp_path / "o" / "s2.tif") as out:
         np.testing.assert_array_equal(out.read(1), predictor.predict([hwc(samples)])[0])
 

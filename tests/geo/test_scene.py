@@ -13,9 +13,9 @@ from rasterio.warp import transform_bounds
 
 from tests.geo.conftest import smooth_bands, write_scene
 from utils.errors import UserError
-from utils.geo.blocks import plan_blocks
 from utils.geo.detect import is_scene
 from utils.geo.scene import SceneOptions, predict_scene
+from utils.geo.strips import plan_strips, strip_width
 from utils.inference.options import InferenceOptions
 from utils.inference.outputs import quantize_prob
 from utils.inference.predictor import Predictor
@@ -33,14 +33,14 @@ def hwc(samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples.transpose(1, 2, 0))
 
 
-@pytest.mark.parametrize("block", [None, 48, 100])
-def test_labels_equal_the_in_memory_sliding_window(scene_models, tmp_path, block):
-    """One block (the whole scene) or many: every pixel averages the same windows as the whole-scene slide."""
+@pytest.mark.parametrize(("strip", "batch_size"), [(None, 1), (48, 4), (100, 3)])
+def test_labels_equal_the_in_memory_sliding_window(scene_models, tmp_path, strip, batch_size):
+    """One strip (the whole scene) or many: every pixel averages the same windows as the whole-scene slide."""
     samples = smooth_bands(3, 150, 230, seed=1)
     source = write_scene(tmp_path / "scene.tif", samples)
-    predictor = predictor_of(scene_models["multi"])
+    predictor = predictor_of(scene_models["multi"], batch_size)
     result = predict_scene(predictor, source, tmp_path / "out" / "scene.tif",
-                           SceneOptions(block=block, progress=False))
+                           SceneOptions(strip=strip, progress=False))
     expected = predictor.predict([hwc(samples)])[0]
     assert len(set(np.unique(expected))) >= 2  # the model draws regions, the comparison is not trivial
     with rasterio.open(tmp_path / "out" / "scene.tif") as out, rasterio.open(source) as src:
@@ -54,30 +54,40 @@ def test_labels_equal_the_in_memory_sliding_window(scene_models, tmp_path, block
     np.testing.assert_array_equal(result.counts, np.bincount(expected.ravel(), minlength=3))
 
 
-def test_blocks_cover_the_scene_once_and_carry_the_scene_windows():
-    window, stride = (64, 64), strides((64, 64), 0.33)
-    blocks = plan_blocks(150, 230, window, stride, 70)
-    covered = np.zeros((150, 230), dtype=int)
-    for block in blocks:
-        covered[slice(*block.core_rows), slice(*block.core_cols)] += 1
-        # Every window of the scene grid covering a core pixel is among the block's windows.
-        for axis, (core, region, starts) in enumerate(((block.core_rows, block.region_rows, block.ys),
-                                                       (block.core_cols, block.region_cols, block.xs))):
-            length = (150, 230)[axis]
-            grid = [min(i * stride[axis], length - 64) for i in range((length - 64 + stride[axis] - 1)
-                                                                        // stride[axis] + 1)]
-            needed = sorted({s for s in grid if s < core[1] and s + 64 > core[0]})
-            assert [s + region[0] for s in starts] == needed
+def test_strips_cover_the_scene_once_and_carry_the_scene_windows():
+    window, stride = 64, strides((64, 64), 0.33)[1]
+    strips = plan_strips(230, window, stride, 70)
+    covered = np.zeros(230, dtype=int)
+    grid = [min(i * stride, 230 - 64) for i in range((230 - 64 + stride - 1) // stride + 1)]
+    for strip in strips:
+        covered[slice(*strip.core_cols)] += 1
+        # Every window of the scene grid covering a core column is among the strip's windows, and no other.
+        needed = sorted({s for s in grid if s < strip.core_cols[1] and s + 64 > strip.core_cols[0]})
+        assert [x + strip.region_cols[0] for x in strip.xs] == needed
+        assert strip.region_cols == (needed[0], needed[-1] + 64)
     assert (covered == 1).all()
+    assert len(strips) == math.ceil(230 / 70)
 
 
-def test_scene_smaller_than_a_window(scene_models, tmp_path):
-    samples = smooth_bands(3, 13, 12, seed=2)
+def test_strip_width_keeps_the_working_set_within_its_budget():
+    from utils.geo.strips import STRIP_BYTES, TILE
+    for classes, bands, itemsize in [(6, 4, 2), (2, 3, 1), (21, 13, 4)]:
+        width = strip_width(classes, bands, itemsize, (512, 512))
+        assert width % TILE == 0 and width >= 1024
+        per_column = 512 * (3 * 4 * classes + bands * itemsize + 1)
+        assert (width + 512) * per_column <= STRIP_BYTES or width == 1024
+    assert strip_width(6, 4, 2, (512, 512)) == 4096  # the benchmark's case (BENCHMARKS.md)
+
+
+@pytest.mark.parametrize(("height", "width"), [(13, 12), (150, 20), (20, 150)])
+def test_scene_smaller_than_a_window(scene_models, tmp_path, height, width):
+    """Shorter or narrower than a window (64 px): padded like an in-memory image, same labels."""
+    samples = smooth_bands(3, height, width, seed=2)
     source = write_scene(tmp_path / "tiny.tif", samples)
     predictor = predictor_of(scene_models["multi"])
-    predict_scene(predictor, source, tmp_path / "o" / "tiny.tif", SceneOptions(progress=False))
+    predict_scene(predictor, source, tmp_path / "o" / "tiny.tif", SceneOptions(strip=48, progress=False))
     with rasterio.open(tmp_path / "o" / "tiny.tif") as out:
-        assert (out.height, out.width) == (13, 12)
+        assert (out.height, out.width) == (height, width)
         np.testing.assert_array_equal(out.read(1), predictor.predict([hwc(samples)])[0])
 
 
@@ -101,7 +111,7 @@ def test_nodata_from_value_mask_and_alpha(scene_models, tmp_path, kind):
         alpha = np.where(valid, 255, 0).astype(np.uint8)[None]
         source = write_scene(tmp_path / "s.tif", np.concatenate([samples, alpha]), alpha=True)
     predict_scene(predictor_of(scene_models["multi"]), source, tmp_path / "o" / "s.tif",
-                  SceneOptions(block=64, progress=False))
+                  SceneOptions(strip=64, progress=False))
     with rasterio.open(tmp_path / "o" / "s.tif") as out:
         labels = out.read(1)
         assert (labels[~valid] == 255).all()
@@ -144,7 +154,7 @@ def test_prob_tif_of_a_binary_model(scene_models, tmp_path, bits):
     source = write_scene(tmp_path / "b.tif", samples, mask=valid)
     predictor = predictor_of(scene_models["binary"])
     predict_scene(predictor, source, tmp_path / "o" / "b.tif",
-                  SceneOptions(save_prob=True, prob_bits=bits, block=64, progress=False))
+                  SceneOptions(save_prob=True, prob_bits=bits, strip=64, progress=False))
     # The reference: the whole scene in memory with the invalid pixels filled as the reader fills them.
     filled = samples.copy()
     filled[:, ~valid] = 128
@@ -237,3 +247,46 @@ def corrupt_first_tile(path):
     with open(path, "r+b") as handle:
         handle.seek(offset)
         handle.write(b"\xde\xad\xbe\xef" * (size // 4))
+
+
+@pytest.mark.parametrize("strip", [None, 70])
+def test_windows_without_valid_pixels_are_skipped_and_change_no_valid_label(scene_models, tmp_path, strip):
+    """A whole row of windows (rows 43..107 lie in the invalid band) and a corner block of windows have no
+    valid pixel: they skip the network, and every valid pixel keeps the label of the in-memory prediction."""
+    samples = smooth_bands(3, 200, 230, seed=8)
+    valid = np.ones((200, 230), dtype=bool)
+    valid[40:120] = False
+    valid[120:, :110] = False
+    source = write_scene(tmp_path / "holes.tif", samples, mask=valid)
+    predictor = predictor_of(scene_models["multi"], 2)
+    ran = []
+    backend = predictor.engine.backend
+    predictor.engine.backend = lambda batch: ran.append(batch.shape[0]) or backend(batch)
+    predict_scene(predictor, source, tmp_path / "o" / "holes.tif", SceneOptions(strip=strip, progress=False))
+    predictor.engine.backend = backend
+    filled = samples.copy()
+    filled[:, ~valid] = 128
+    expected = predictor.predict([hwc(filled)])[0]
+    with rasterio.open(tmp_path / "o" / "holes.tif") as out:
+        labels = out.read(1)
+    assert (labels[~valid] == 255).all()
+    np.testing.assert_array_equal(labels[valid], expected[valid])
+    starts = [min(i * 43, 200 - 64) for i in range(5)], [min(i * 43, 230 - 64) for i in range(5)]
+    void = sum(not valid[y:y + 64, x:x + 64].any() for y in starts[0] for x in starts[1])
+    assert void >= 7  # the row of windows at 43, and the corner
+    if strip is None:  # one strip: each window runs once, and the void ones not at all
+        assert sum(ran) == 25 - void
+
+
+@pytest.mark.parametrize(("batch_size", "largest"), [(None, 1), (3, 3)])
+def test_scene_batch_is_one_window_on_a_cpu_unless_asked(scene_models, tmp_path, batch_size, largest):
+    """The predictor's batch (4) is for photos: a scene on a CPU runs one window per pass unless told, and the
+    predictor keeps its own batch afterwards."""
+    source = write_scene(tmp_path / "s.tif", smooth_bands(3, 120, 150, seed=9))
+    predictor = predictor_of(scene_models["multi"], 4)
+    sizes = []
+    backend = predictor.engine.backend
+    predictor.engine.backend = lambda batch: sizes.append(batch.shape[0]) or backend(batch)
+    predict_scene(predictor, source, tmp_path / "o" / "s.tif", SceneOptions(batch_size=batch_size, progress=False))
+    assert max(sizes) == largest and sum(sizes) == 3 * 3  # 3 rows x 3 columns of 64 px windows, stride 43
+    assert predictor.engine.batch_size == 4

@@ -1,4 +1,4 @@
-"""Which inputs are raster scenes (predicted block by block into GeoTIFFs) and which are photos.
+"""Which inputs are raster scenes (predicted strip by strip into GeoTIFFs) and which are photos.
 
 A TIFF is a **scene** when GDAL (through rasterio) opens it and any of these holds:
 

@@ -1,4 +1,4 @@
-"""Reading a scene: which of its bands feed the model, and one block's samples and valid mask at a time.
+"""Reading a scene: which of its bands feed the model, and a region's samples and valid mask, by rows of windows.
 
 Bands: the spec's ``bands`` (1-based, GDAL order) when the model was trained on a selection; else
 every band but a trailing alpha band; a one-band scene feeds an RGB model its band three times,
@@ -98,3 +98,54 @@ def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tupl
     if not valid.all():
         samples[~valid] = bands.fill
     return samples, valid
+
+
+class StripRows:
+    """The columns ``cols`` of a scene as :func:`~utils.inference.slide.slide_rows` reads them: one row of
+    windows at a time.
+
+    Indexing ``[rows, cols]`` with a window's slices reads the rows of that window across the strip
+    (:func:`read_block`) when they are not the rows held already, so a row of windows is read once
+    and only its samples are held. The valid masks of the rows read are kept until :meth:`valid`
+    has handed them out, since the labels of a finished band are masked after later rows were read.
+    """
+
+    def __init__(self, dataset: DatasetReader, path: Path, bands: SceneBands, cols: tuple[int, int],
+                 window_height: int) -> None:
+        self.dataset, self.path, self.bands, self.cols = dataset, path, bands, cols
+        self.window_height = window_height
+        self.shape = (dataset.height, cols[1] - cols[0], len(bands.indexes))
+        self.dtype = bands.dtype
+        self._top = -1
+        self._samples = np.empty((0, 0, len(bands.indexes)), dtype=bands.dtype)
+        self._masks: dict[int, np.ndarray] = {}  # first row -> valid mask of the rows read from there
+
+    def _read(self, top: int) -> None:
+        if top != self._top:
+            self._samples = np.empty(0, dtype=self.dtype)  # the old rows go before the new ones come
+            stop = min(top + self.window_height, self.shape[0])
+            self._samples, self._masks[top] = read_block(self.dataset, self.path, self.bands, (top, stop), self.cols)
+            self._top = top
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = key
+        self._read(rows.start)
+        return self._samples[:rows.stop - rows.start, cols]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """The whole region: what the sliding window pads when the scene is shorter or narrower than a window."""
+        samples, _ = read_block(self.dataset, self.path, self.bands, (0, self.shape[0]), self.cols)
+        return samples if dtype is None else samples.astype(dtype)
+
+    def void(self, top: int, left: int, width: int) -> bool:
+        """Whether the window at row ``top``, column ``left`` (in the strip) has no valid pixel."""
+        self._read(top)
+        return not self._masks[top][:, left:left + width].any()
+
+    def valid(self, start: int, stop: int) -> np.ndarray:
+        """The valid mask (rows, strip width) of rows ``start``..``stop``, which lie in rows read already;
+        the masks of rows above ``start`` are dropped."""
+        top = max(t for t in self._masks if t <= start)
+        for old in [t for t in self._masks if t < top]:
+            del self._masks[old]
+        return self._masks[top][start - top:stop - top]

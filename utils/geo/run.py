@@ -34,9 +34,11 @@ def split_scenes(jobs: Sequence[Job], options: SceneOptions, out_dir: Path) -> t
     return scenes, photos
 
 
-def scene_options(outputs: OutputOptions, polygons: bool) -> SceneOptions:
-    """The scene outputs of predict.py's output options and ``--polygons``."""
-    return SceneOptions(save_prob=outputs.save_prob, prob_bits=outputs.prob_bits, polygons=polygons)
+def scene_options(outputs: OutputOptions, polygons: bool, batch_size: int | None = None) -> SceneOptions:
+    """The scene outputs of predict.py's output options and ``--polygons``; ``batch_size`` is ``--batch-size``
+    when given (None: the scene default)."""
+    return SceneOptions(save_prob=outputs.save_prob, prob_bits=outputs.prob_bits, polygons=polygons,
+                        batch_size=batch_size)
 
 
 def predict_scenes(jobs: Sequence[Job], predictor: Predictor, out_dir: Path, options: SceneOptions, run: Run) -> None:

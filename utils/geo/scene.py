@@ -1,42 +1,45 @@
-"""Predict one raster scene block by block into GeoTIFFs, with memory bounded by the block, not the scene.
+"""Predict one raster scene strip by strip into GeoTIFFs, with memory bounded by a strip's width, not the scene.
 
-For each block of :func:`utils.geo.blocks.plan_blocks` (row by row): read its region's samples and
-valid mask (:mod:`utils.geo.reader`), run the scene windows that touch its core through the
-predictor's sliding-window strategy (:func:`utils.inference.slide.slide_rows`) at native
-resolution, and write the core's labels (255 where the input is invalid) and, with ``save_prob``,
-its probabilities. Blocks whose core holds no valid pixel skip the network. Then the overviews,
-the preview and the polygons are made from the written class raster, and every output is renamed
-into place at once (:func:`utils.geo.writer.staged`). Like mmsegmentation's remote-sensing
-inferencer, the scene is read through GDAL windows and never held whole.
+For each column strip of :func:`utils.geo.strips.plan_strips` (left to right): read its region one
+row of windows at a time (:class:`utils.geo.reader.StripRows`), run the scene windows that touch
+its core through the predictor's sliding-window strategy (:func:`utils.inference.slide.slide_rows`)
+at native resolution, and write each finished band of the core's labels (255 where the input is
+invalid) and, with ``save_prob``, its probabilities. Windows with no valid pixel skip the network.
+Then the overviews, the preview and the polygons are made from the written class raster, and every
+output is renamed into place at once (:func:`utils.geo.writer.staged`). Like mmsegmentation's
+remote-sensing inferencer, the scene is read through GDAL windows and never held whole.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from bisect import bisect_left
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
 
 from utils.errors import UserError
-from utils.geo.blocks import Block, block_side, plan_blocks
 from utils.geo.polygons import check_crs, write_polygons
 from utils.geo.preview import PREVIEW_SIDE, write_preview
-from utils.geo.reader import SceneBands, choose_bands, read_block
+from utils.geo.reader import SceneBands, StripRows, choose_bands
+from utils.geo.strips import Strip, plan_strips, strip_width
 from utils.geo.writer import NODATA, build_overviews, check_not_input, open_classes, open_prob, staged
 from utils.inference.outputs import quantize_prob
 from utils.inference.postprocess import labels_and_prob
 from utils.inference.predictor import Predictor
-from utils.inference.slide import slide_rows, strides
+from utils.inference.slide import slide_rows, strides, window_starts
 from utils.inference.visualize import make_palette
 
-# GDAL's block cache (MiB): its default, 5% of the RAM, would let the cache alone outgrow a block.
+# GDAL's block cache (MiB): its default, 5% of the RAM, would let the cache alone outgrow a strip.
 GDAL_CACHE_MB = 64
 
 
@@ -49,7 +52,9 @@ class SceneOptions:
         prob_bits: 8 (uint8 0..255) or 16 (uint16 0..65535) probability levels.
         polygons: also write ``<stem>.geojson`` (needs a CRS).
         preview_side: the preview PNG's longest side at most.
-        block: the side of a block's core in pixels (None: :func:`utils.geo.blocks.block_side`).
+        strip: the width of a strip's core in pixels (None: :func:`utils.geo.strips.strip_width`).
+        batch_size: windows per forward pass (None: the predictor's on a GPU, 1 on a CPU, where a batch
+            of windows is no faster and each window in it adds about 100 MiB to the peak memory).
         progress: a progress bar over the scene's windows.
     """
 
@@ -57,14 +62,17 @@ class SceneOptions:
     prob_bits: int = 8
     polygons: bool = False
     preview_side: int = PREVIEW_SIDE
-    block: int | None = None
+    strip: int | None = None
+    batch_size: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.prob_bits not in (8, 16):
             raise ValueError(f"prob_bits must be 8 or 16; got {self.prob_bits}")
-        if self.block is not None and self.block < 1:
-            raise ValueError(f"block must be at least 1 pixel; got {self.block}")
+        if self.strip is not None and self.strip < 1:
+            raise ValueError(f"strip must be at least 1 pixel wide; got {self.strip}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
 
 
 @dataclass
@@ -86,28 +94,24 @@ def scene_targets(target: Path, options: SceneOptions) -> list[Path]:
     return [target.with_name(name) for name in names]
 
 
-def _predict_block(predictor: Predictor, samples: np.ndarray, valid: np.ndarray, block: Block, overlap: float,
-                   prob_bits: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (255 where invalid) and probability levels (or None) of the block's core."""
-    top, left = block.core_rows[0] - block.region_rows[0], block.core_cols[0] - block.region_cols[0]
-    height, width = block.core_rows[1] - block.core_rows[0], block.core_cols[1] - block.core_cols[0]
-    labels = np.full((height, width), NODATA, dtype=np.uint8)
-    levels = None if prob_bits is None else np.zeros((height, width), dtype=np.uint8 if prob_bits == 8 else np.uint16)
-    core_valid = valid[top:top + height, left:left + width]
-    if not core_valid.any():
-        return labels, levels
-    engine = predictor.engine
-    for start, band in slide_rows(engine, samples, overlap, progress=False, starts=(block.ys, block.xs)):
-        first, stop = max(start, top), min(start + band.shape[1], top + height)
-        if first >= stop:
-            continue
-        band_labels, band_prob = labels_and_prob(band[:, first - start:stop - start, left:left + width],
-                                                 engine.threshold)
-        labels[first - top:stop - top] = band_labels.cpu().numpy()
-        if levels is not None:
-            levels[first - top:stop - top] = quantize_prob(band_prob, prob_bits)
-    labels[~core_valid] = NODATA
-    return labels, levels
+def _predict_strip(predictor: Predictor, rows: StripRows, strip: Strip, ys: list[int], overlap: float,
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, torch.Tensor]]:
+    """``(first_row, labels, valid, prob)`` of the strip's core, band by band top to bottom: labels uint8
+    (255 where invalid), the valid mask, and the probability map of :func:`labels_and_prob`."""
+    left = strip.core_cols[0] - strip.region_cols[0]
+    width = strip.core_cols[1] - strip.core_cols[0]
+    win_w = predictor.input_size[1]
+
+    def void(y: int, x: int) -> bool:
+        return rows.void(y, x, win_w)
+
+    for start, band in slide_rows(predictor.engine, rows, overlap, progress=False, starts=(ys, strip.xs),
+                                  skip=void):
+        labels, prob = labels_and_prob(band[:, :, left:left + width], predictor.engine.threshold)
+        labels = labels.cpu().numpy()
+        valid = rows.valid(start, start + labels.shape[0])[:, left:left + width]
+        labels[~valid] = NODATA
+        yield start, labels, valid, prob
 
 
 def predict_scene(predictor: Predictor, source: Path, target: Path, options: SceneOptions | None = None) -> SceneResult:
@@ -118,7 +122,7 @@ def predict_scene(predictor: Predictor, source: Path, target: Path, options: Sce
 
     Raises:
         UserError: naming the file, for a band the scene lacks, a band count the model does not take,
-            a block that fails to decode, ``--polygons`` without a CRS, or an output onto the input.
+            a data block that fails to decode, ``--polygons`` without a CRS, or an output onto the input.
     """
     options = options or SceneOptions()
     slide = predictor.options.slide
@@ -139,27 +143,36 @@ def predict_scene(predictor: Predictor, source: Path, target: Path, options: Sce
         if options.polygons:
             check_crs(dataset.crs, source)
         window = predictor.input_size
-        side = options.block or block_side(len(bands.indexes), bands.dtype.itemsize, window)
-        blocks = plan_blocks(dataset.height, dataset.width, window, strides(window, slide.overlap), side)
+        width = options.strip or strip_width(predictor.engine.channels or predictor.num_classes,
+                                             len(bands.indexes), bands.dtype.itemsize, window)
+        stride = strides(window, slide.overlap)
+        ys = window_starts(max(dataset.height, window[0]), window[0], stride[0])
+        strips = plan_strips(dataset.width, window[1], stride[1], width)
         temps = stack.enter_context(staged(targets))
         with ExitStack() as outputs:
             classes = outputs.enter_context(open_classes(temps[0], dataset, palette))
             prob = outputs.enter_context(open_prob(temps[2], dataset, options.prob_bits)) if options.save_prob else None
-            bar = outputs.enter_context(tqdm(total=sum(b.windows for b in blocks), unit="window", leave=False,
-                                             file=sys.stderr, desc=source.name,
+            bar = outputs.enter_context(tqdm(total=len(ys) * sum(len(s.xs) for s in strips), unit="window",
+                                             leave=False, file=sys.stderr, desc=source.name,
                                              disable=None if options.progress else True))
-            for block in blocks:
-                samples, valid = read_block(dataset, source, bands, block.region_rows, block.region_cols)
-                labels, levels = _predict_block(predictor, samples, valid, block, slide.overlap,
-                                                options.prob_bits if prob is not None else None)
-                del samples
-                out_window = Window(block.core_cols[0], block.core_rows[0], labels.shape[1], labels.shape[0])
-                classes.write(labels, 1, window=out_window)
-                if prob is not None:
-                    prob.write(levels, 1, window=out_window)
-                    prob.write_mask(np.where(labels != NODATA, 255, 0).astype(np.uint8), window=out_window)
-                counts += np.bincount(labels[labels != NODATA], minlength=predictor.num_classes)[:len(counts)]
-                bar.update(block.windows)
+            engine = predictor.engine
+            stack.callback(setattr, engine, "batch_size", engine.batch_size)
+            engine.batch_size = options.batch_size or (1 if engine.device.type == "cpu" else engine.batch_size)
+            for strip in strips:
+                rows = StripRows(dataset, source, bands, strip.region_cols, window[0])
+                done = 0
+                for start, labels, valid, band_prob in _predict_strip(predictor, rows, strip, ys, slide.overlap):
+                    out_window = Window(strip.core_cols[0], start, labels.shape[1], labels.shape[0])
+                    classes.write(labels, 1, window=out_window)
+                    if prob is not None:
+                        prob.write(quantize_prob(band_prob, options.prob_bits), 1, window=out_window)
+                        prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=out_window)
+                    counts += np.bincount(labels[valid], minlength=predictor.num_classes)[:len(counts)]
+                    # Windows run so far: those of the rows of windows that start above the band's end.
+                    ran = bisect_left(ys, start + labels.shape[0]) * len(strip.xs)
+                    bar.update(ran - done)
+                    done = ran
+                bar.update(len(ys) * len(strip.xs) - done)
             build_overviews(classes)
         write_preview(temps[0], temps[1], palette, options.preview_side)
         if options.polygons:

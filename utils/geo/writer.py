@@ -21,7 +21,7 @@ from rasterio.io import DatasetReader, DatasetWriter
 
 from utils.data.io import IGNORE_INDEX
 from utils.errors import UserError
-from utils.geo.blocks import TILE
+from utils.geo.strips import TILE
 
 NODATA = IGNORE_INDEX
 OVERVIEW_MIN_SIDE = 256

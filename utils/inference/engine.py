@@ -33,11 +33,13 @@ class Engine:
         batch_size: canvases per forward pass.
         threshold: a binary model's decision threshold (None: the task's default).
         normalization: how canvases become input (None: 8-bit /255).
+        channels: the backend's output channels when known (the sliding window needs them to give
+            pixels that no window ran for).
     """
 
     def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], task: Task, input_size: tuple[int, int],
                  batch_size: int = 4, threshold: float | None = None,
-                 normalization: Normalization | None = None) -> None:
+                 normalization: Normalization | None = None, channels: int | None = None) -> None:
         self.backend = backend
         self.task = task
         self.input_size = input_size
@@ -46,6 +48,7 @@ class Engine:
         self.device: torch.device = backend.device
         self.outputs_probabilities = bool(getattr(backend, "outputs_probabilities", False))
         self.normalization = normalization or Normalization()
+        self.channels = channels
 
     def fill(self, image: np.ndarray) -> int | np.ndarray:
         """The padding value of canvases for ``image`` (H, W, C): grey 128 for /255, else the mean per channel."""

@@ -75,7 +75,7 @@ class Predictor:
         self.options = options
         threshold = options.threshold if options.threshold is not None else spec.threshold
         self.engine = Engine(backend, spec.task_obj, spec.input_size, options.batch_size, threshold,
-                             Normalization.of(spec))
+                             Normalization.of(spec), spec.task_obj.output_channels(spec.num_classes))
         mode = options.mode if options.mode != "auto" else ("slide" if spec.crop_size else "whole")
         # The windows of the slide strategy, or None for the whole (letterbox) strategy.
         self.slide: SlideOptions | None = options.slide if mode == "slide" else None

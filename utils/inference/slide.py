@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -71,14 +71,21 @@ def _coverage(length: int, window: int, starts: list[int], device: torch.device)
 
 
 def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33, progress: bool = True,
-               starts: tuple[list[int], list[int]] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+               starts: tuple[list[int], list[int]] | None = None,
+               skip: Callable[[int, int], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Averaged window probabilities of ``image`` as row bands ``(first_row, (C, rows, W) float32)``.
 
     The bands follow each other top to bottom and cover the image's rows exactly once; each is
     yielded as soon as no later window covers it. C is the network's output channels (1 for a
     binary model, whose band holds the sigmoid). ``starts`` (sorted rows, sorted columns) replaces
-    the layout of :func:`window_starts`: :mod:`utils.geo.scene` runs, on a block read from a
-    scene, exactly the scene's windows that touch the block, and every pixel must be covered.
+    the layout of :func:`window_starts`: :mod:`utils.geo.scene` runs, on a strip of a scene, exactly
+    the scene's windows that touch the strip, and every pixel must be covered. ``image`` only needs
+    ``shape``, ``dtype`` and ``image[rows, cols]`` for each window, asked in layout order (a strip
+    read a row of windows at a time), unless it is smaller than a window.
+
+    ``skip(y, x)`` true leaves the window at (y, x) out of the forward pass and out of the sums:
+    :mod:`utils.geo.scene` skips windows with no valid pixel, whose every pixel is nodata anyway.
+    Pixels that only skipped windows cover come out as zeros; a band then needs ``engine.channels``.
     """
     height, width = image.shape[:2]
     win_h, win_w = engine.input_size
@@ -95,32 +102,56 @@ def slide_rows(engine: Engine, image: np.ndarray, overlap: float = 0.33, progres
     windows = [(y, x) for y in ys for x in xs]
 
     acc: torch.Tensor | None = None  # sums for rows base .. base + win_h of the padded image
+    if engine.channels is not None:
+        acc = torch.zeros((engine.channels, win_h, pad_w), dtype=torch.float32, device=device)
     base = 0
 
     def finish(stop: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Average rows base..stop, yield the part inside the image, and move the accumulator down."""
-        nonlocal acc, base
-        count = stop - base
-        band = acc[:, :count, :width] / (row_cover[base:stop, None] * col_cover[None, :width])
-        if base < height:
-            yield base, band[:, :height - base]
-        if stop < pad_h:
-            acc = torch.cat((acc[:, count:], acc.new_zeros(acc.shape[0], count, pad_w)), 1)
-        base = stop
+        nonlocal base
+        while base < stop:  # more than a window's rows when a whole row of windows was skipped
+            count = min(stop - base, win_h)
+            if acc is None:
+                raise ValueError("every window so far was skipped and the engine does not know its channels")
+            band = acc[:, :count, :width] / (row_cover[base:base + count, None] * col_cover[None, :width])
+            if base < height:
+                yield base, band[:, :height - base]
+            # Move the rows later windows still add to up, in place: no second accumulator.
+            kept = acc[:, count:].clone()
+            acc[:, :win_h - count] = kept
+            acc[:, win_h - count:] = 0
+            base += count
+
+    def batches() -> Iterator[list[tuple[int, int, torch.Tensor | None]]]:
+        """The windows in layout order, in groups that each hold ``batch_size`` run windows (skipped: None)."""
+        group: list[tuple[int, int]] = []
+        runs: list[tuple[int, int]] = []
+        canvases: list[np.ndarray] = []
+        for index, (y, x) in enumerate(windows):
+            group.append((y, x))
+            if skip is None or not skip(y, x):
+                runs.append((y, x))
+                # Taken now, in layout order: a strip holds one row of windows at a time.
+                canvases.append(image[y:y + win_h, x:x + win_w])
+            if len(runs) == engine.batch_size or index == len(windows) - 1:
+                probs: dict[tuple[int, int], torch.Tensor] = {}
+                if runs:
+                    outputs = engine.forward(engine.to_batch(canvases))
+                    probs = dict(zip(runs, engine.probabilities(outputs.float()), strict=True))
+                yield [(y0, x0, probs.get((y0, x0))) for y0, x0 in group]
+                group, runs, canvases = [], [], []
 
     bar = tqdm(total=len(windows), unit="window", leave=False, file=sys.stderr,
                disable=not progress or len(windows) < _PROGRESS_MIN_WINDOWS)
-    for start in range(0, len(windows), engine.batch_size):
-        chunk = windows[start:start + engine.batch_size]
-        batch = engine.to_batch([image[y:y + win_h, x:x + win_w] for y, x in chunk])
-        probs = engine.probabilities(engine.forward(batch).float())
-        if acc is None:
-            acc = torch.zeros((probs.shape[1], win_h, pad_w), dtype=torch.float32, device=device)
-        for (y, x), prob in zip(chunk, probs, strict=True):
+    for group in batches():
+        for y, x, prob in group:
             if y != base:
                 yield from finish(y)
-            acc[:, :, x:x + win_w] += prob
-        bar.update(len(chunk))
+            if prob is not None:
+                if acc is None:
+                    acc = torch.zeros((prob.shape[0], win_h, pad_w), dtype=torch.float32, device=device)
+                acc[:, :, x:x + win_w] += prob
+        bar.update(len(group))
     bar.close()
     yield from finish(pad_h)
 
