@@ -108,11 +108,37 @@ def test_band_statistics_match_numpy_over_every_pixel():
     # Heights beyond the 256-row chunks, very different scales, and a constant band.
     images = [np.concatenate([rng.normal(3000, 400, (h, 17, 2)), rng.normal(-20, 3, (h, 17, 1)),
                               np.full((h, 17, 1), 7.0)], axis=2).astype(np.float32) for h in (300, 41, 530)]
-    mean, std = band_statistics(images.__getitem__, range(3), 4, progress=False)
+    mean, std = band_statistics(lambda i: (images[i], None), range(3), 4, progress=False)
     pixels = np.concatenate([image.reshape(-1, 4) for image in images]).astype(np.float64)
     np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(std[:3], pixels.std(axis=0)[:3], rtol=1e-10)
     assert std[3] == 1.0  # a constant band only shifts: a std of 0 cannot scale
+
+
+def test_nodata_pixels_stay_out_of_the_statistics_and_are_filled_with_the_mean(tmp_path):
+    """A 2-band uint16 tile whose left third is nodata 0: the train split's statistics are those of the valid
+    pixels alone, and the dataset gives the nodata pixels the (rounded) band mean, as predict.py fills scenes."""
+    rng = np.random.default_rng(4)
+    images = [rng.integers(1000, 5000, (40, 60, 2)).astype(np.uint16) for _ in range(3)]
+    for image in images[:2]:
+        image[:, :20] = 0
+    root = tmp_path / "data"
+    raster_dataset(root, images, val=1)
+    for i, image in enumerate(images):
+        write_raster(root / "JPEGImages" / f"img_{i}.tif", image, nodata=0)
+    train = SegmentationDataset(root, "train", (40, 60), 3, train=False)
+    image, valid = train.read_image_valid(0)
+    assert valid.shape == (40, 60) and not valid[:, :20].any() and valid[:, 20:].all()
+    val = SegmentationDataset(root, "val", (40, 60), 3, train=False)
+    assert val.read_image_valid(0)[1] is None  # a nodata value declared but never used: all valid
+    mean, std = band_statistics(train.read_image_valid, range(len(train)), 2, progress=False)
+    pixels = np.concatenate([image[:, 20:].reshape(-1, 2) for image in images[:2]]).astype(np.float64)
+    np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-10)
+    train.normalization = Normalization(mean, std)
+    filled = train.read_image(0)
+    np.testing.assert_array_equal(filled[:, :20], np.broadcast_to(np.rint(mean).astype(np.uint16), (40, 20, 2)))
+    np.testing.assert_array_equal(filled[:, 20:], images[0][:, 20:])
 
 
 def test_engine_normalises_per_band_and_pads_with_the_mean():

@@ -85,3 +85,17 @@ def test_get_miou_refuses_images_the_model_cannot_take(raster_run, tmp_path):
     with pytest.raises(UserError, match="holds uint16 bands but the model was trained on 8-bit images"):
         get_miou.main(get_miou.parse_args(["--weights", str(rgb), "--data-root", str(tiles), "--out",
                                            str(tmp_path / "m2"), "--device", "cpu"]))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--bands", "4,3,2,1"], r"trained on every band, but this run reads --bands 4,3,2,1: drop --bands"),
+    (["--bands", "4,3,2"], r"trained with 4 input band\(s\), but this run has 3 input band\(s\)"),
+])
+def test_resume_refuses_other_bands(raster_run, flags, message):
+    """Resuming on other bands (another order, or another count) stops before any state is loaded."""
+    tiles, save_dir = raster_run
+    with pytest.raises(UserError, match=message):
+        train.main(train.parse_args([
+            "--data-root", str(tiles), "--classes", str(tiles.parent / "scenes" / "classes.txt"), "--crop-size",
+            "64", "64", "--epochs", "12", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--save-dir",
+            str(save_dir), "--resume", str(save_dir / "last.pth"), *flags]))

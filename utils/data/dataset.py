@@ -23,7 +23,7 @@ from utils.data.io import IGNORE_INDEX, IMAGE_EXTENSIONS, LABEL_MODES, label_fro
 from utils.data.label_map import LabelMap
 from utils.data.layout import check_layout, index_images, read_split, size_mismatch_message
 from utils.data.normalize import SUPPORTED_DTYPES, Normalization
-from utils.data.raster import check_bands, image_info, read_image
+from utils.data.raster import check_bands, image_info, is_raster, read_image, read_raster_valid
 from utils.data.transforms import augment, letterbox
 from utils.errors import UserError
 
@@ -133,8 +133,16 @@ class SegmentationDataset(Dataset):
         return self.kind == (3, "uint8")
 
     def read_image(self, index: int) -> np.ndarray:
-        """The image of sample ``index`` at its original size, (H, W, C) in its file's dtype."""
-        return read_image(self._images[index], self.bands)
+        """The image of sample ``index`` at its original size, (H, W, C) in its file's dtype, a raster's invalid
+        samples (nodata, mask, alpha) replaced by the :attr:`normalization`'s fill."""
+        return read_image(self._images[index], self.bands, self.normalization)
+
+    def read_image_valid(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image of sample ``index`` as read, and its valid mask (None: every pixel valid, and for photos)."""
+        path = self._images[index]
+        if is_raster(path):
+            return read_raster_valid(path, self.bands)
+        return read_image(path, self.bands), None
 
     def __len__(self) -> int:
         return len(self.stems)

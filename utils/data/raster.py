@@ -1,7 +1,8 @@
 """Reading rasters (TIFF/GeoTIFF and other GDAL formats) with rasterio: any band count, the file's own dtype.
 
 :func:`read_raster` returns an (H, W, C) array in the file's dtype (uint8, uint16, int16 or
-float32), with ``bands`` (1-based, GDAL order) selecting and ordering the channels;
+float32), with ``bands`` (1-based, GDAL order) selecting and ordering the channels, and
+:func:`read_raster_valid` also its valid mask (nodata value, mask or alpha);
 :func:`check_bands` validates a selection against a file's band count and :func:`parse_bands`
 reads ``--bands 4,3,2``. :func:`read_image` is what the dataset, get_miou.py and predict.py call
 for one image: rasters through rasterio, photos (JPEG, PNG, ...) through
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.data.io import load_image
-from utils.data.normalize import SUPPORTED_DTYPES
+from utils.data.normalize import SUPPORTED_DTYPES, Normalization
 from utils.errors import UserError
 
 # Files read with rasterio; every other image extension is a photo (8-bit RGB through Pillow / OpenCV).
@@ -127,6 +128,17 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> 
     """An (H, W, C) array of the raster's ``bands`` (1-based; None: all) in the file's dtype.
 
     Raises:
+        UserError: as :func:`read_raster_valid`.
+    """
+    return read_raster_valid(path, bands)[0]
+
+
+def read_raster_valid(path: str | os.PathLike,
+                      bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples, valid): the (H, W, C) array of :func:`read_raster` and GDAL's dataset mask as (H, W) bool
+    (a nodata value, an internal or sidecar mask, or an alpha band), or None when every pixel is valid.
+
+    Raises:
         UserError: naming the file, when it does not open, a data block fails to decode, its dtype is
             not one of uint8, uint16, int16, float32, or a band is out of range.
     """
@@ -140,18 +152,46 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> 
                             f"reads {', '.join(SUPPORTED_DTYPES)}: convert it (e.g. gdal_translate -ot UInt16)")
         selected = check_bands(source.count, bands, path)
         try:
-            data = source.read(list(selected))
+            samples = np.ascontiguousarray(source.read(list(selected)).transpose(1, 2, 0))
+            valid = valid_mask(source, samples, selected)
         except RasterioError as exc:
             raise UserError(f"cannot decode raster {path} ({exc}); its data is damaged: replace it or remove it "
                             "from the split files") from None
-    return np.ascontiguousarray(data.transpose(1, 2, 0))
+    return samples, None if valid is None or valid.all() else valid
 
 
-def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None) -> np.ndarray:
+def valid_mask(source, samples: np.ndarray, indexes: Sequence[int], window=None) -> np.ndarray | None:
+    """Which pixels of ``samples`` (H, W, C), read from the bands ``indexes`` of the open rasterio ``source``
+    (in ``window``, None: whole), are valid, as (H, W) bool; None when the file marks no pixel invalid.
+
+    GDAL's dataset mask (a nodata value, an internal or sidecar mask, or an alpha band), except when a
+    band GDAL flags as alpha is read as data (a plain 4-band uint8 file of RGB + near infrared): then
+    only the nodata value counts.
+    """
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    nodata = source.nodata
+    if any(source.colorinterp[i - 1] == ColorInterp.alpha for i in indexes):
+        return None if nodata is None else ~(samples == np.asarray(nodata, dtype=samples.dtype)).all(-1)
+    if nodata is None and all(MaskFlags.all_valid in flags for flags in source.mask_flag_enums):
+        return None
+    return source.dataset_mask(window=window) > 0
+
+
+def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None,
+               normalization: Normalization | None = None) -> np.ndarray:
     """One image as (H, W, C): a raster's ``bands`` in its dtype, or a photo as 8-bit RGB (``bands`` then
-    select among R, G, B = 1, 2, 3)."""
+    select among R, G, B = 1, 2, 3).
+
+    With ``normalization``, a raster's invalid samples (its nodata value, mask or alpha) become its
+    :meth:`~utils.data.normalize.Normalization.fill` (the band mean), as predict.py fills a scene's, so
+    that a nodata value such as 0 or -3.4e38 never reaches the network.
+    """
     if is_raster(path):
-        return read_raster(path, bands)
+        samples, valid = read_raster_valid(path, bands)
+        if normalization is not None and valid is not None:
+            samples[~valid] = normalization.fill(samples.shape[2], samples.dtype)
+        return samples
     image = load_image(path)
     if bands is None:
         return image

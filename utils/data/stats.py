@@ -49,18 +49,21 @@ class RunningMoments:
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def band_statistics(read: Callable[[int], np.ndarray], indices: Sequence[int], channels: int,
-                    progress: bool = True, desc: str = "band statistics") -> Stats:
-    """Mean and std per channel over the images ``read(i)`` (H, W, C) of ``indices``, with a progress bar.
+def band_statistics(read: Callable[[int], tuple[np.ndarray, np.ndarray | None]], indices: Sequence[int],
+                    channels: int, progress: bool = True, desc: str = "band statistics") -> Stats:
+    """Mean and std per channel over the valid pixels of the images of ``indices``, with a progress bar.
 
-    A channel that never varies gets std 1 (it then only shifts the input), since a std of 0 cannot
-    scale anything.
+    ``read(i)`` gives ``(image (H, W, C), valid (H, W) bool or None for all)``: nodata pixels (a nodata
+    value, a mask, an alpha band) are left out, so that the fill value of a scene's edges does not drag
+    the statistics. A channel that never varies gets std 1 (it then only shifts the input), since a std
+    of 0 cannot scale anything.
     """
     moments = RunningMoments(channels)
     for index in tqdm(indices, desc=desc, unit="img", disable=not progress):
-        image = read(index)
+        image, valid = read(index)
         for top in range(0, image.shape[0], ROWS):
-            moments.add(image[top:top + ROWS])
+            rows = image[top:top + ROWS]
+            moments.add(rows if valid is None else rows[valid[top:top + ROWS]])
     std = moments.std
     std = np.where(std > 0, std, 1.0)
     return tuple(float(v) for v in moments.mean), tuple(float(v) for v in std)

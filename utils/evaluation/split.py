@@ -128,7 +128,8 @@ def predict_split(
     root = Path(root)
     if matrix is not None:
         dataset = SegmentationDataset(root, split, predictor.input_size, predictor.num_classes, train=False,
-                                      label_map=label_map, bands=predictor.spec.bands)
+                                      label_map=label_map, bands=predictor.spec.bands,
+                                      normalization=predictor.engine.normalization)
         stems = dataset.stems
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -139,7 +140,7 @@ def predict_split(
         first = paths[0] if paths else None
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-            return read_image(paths[i], predictor.spec.bands), None
+            return read_image(paths[i], predictor.spec.bands, predictor.engine.normalization), None
 
     if first is not None:
         check_model_input(predictor, first)

@@ -5,11 +5,12 @@ every band but a trailing alpha band; a one-band scene feeds an RGB model its ba
 as grey photos are read. Samples keep their type (uint8, uint16, int16, float32; other types
 are read as float32) and the :class:`~utils.inference.engine.Engine` normalises them from the spec.
 
-Validity is GDAL's per-dataset mask (:meth:`rasterio.io.DatasetReader.dataset_mask`): a nodata
-value, an internal or sidecar (``.msk``) mask, or an alpha band; when the model reads the band GDAL
-flags as alpha (a 4-band model on a plain 4-band uint8 file), only the nodata value counts. Invalid samples are replaced
-by a neutral value before the network sees them (the band mean of the spec, else the letterbox
-grey), so that a huge nodata value such as -3.4e38 cannot spill into its valid neighbours.
+Validity is :func:`utils.data.raster.valid_mask`, as for training images: GDAL's per-dataset mask
+(a nodata value, an internal or sidecar ``.msk`` mask, or an alpha band), or only the nodata value
+when the model reads the band GDAL flags as alpha (a 4-band model on a plain 4-band uint8 file).
+Invalid samples are replaced by a neutral value before the network sees them (the band mean of the
+spec, else the letterbox grey), so that a huge nodata value such as -3.4e38 cannot spill into its
+valid neighbours.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from nets.spec import ModelSpec
+from utils.data.raster import valid_mask
 from utils.data.transforms import GREY
 from utils.errors import UserError
 
@@ -37,7 +39,6 @@ class SceneBands:
     indexes: tuple[int, ...]
     dtype: np.dtype
     fill: np.ndarray  # (len(indexes),) of dtype
-    alpha_is_data: bool = False  # a band flagged alpha feeds the model: validity from the nodata value only
 
 
 def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBands:
@@ -68,8 +69,7 @@ def choose_bands(dataset: DatasetReader, path: Path, spec: ModelSpec) -> SceneBa
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         fill = np.clip(np.round(fill), info.min, info.max)
-    alpha = [i for i in indexes if dataset.colorinterp[i - 1] == ColorInterp.alpha]
-    return SceneBands(indexes, dtype, fill.astype(dtype), alpha_is_data=bool(alpha))
+    return SceneBands(indexes, dtype, fill.astype(dtype))
 
 
 def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tuple[int, int],
@@ -85,16 +85,13 @@ def read_block(dataset: DatasetReader, path: Path, bands: SceneBands, rows: tupl
         for channel, index in enumerate(bands.indexes):
             # Band by band into the (h, w, C) array: no second copy of the region for the transpose.
             samples[:, :, channel] = dataset.read(index, window=window, out_dtype=bands.dtype)
-        if bands.alpha_is_data:
-            nodata = dataset.nodata
-            valid = (np.ones(samples.shape[:2], dtype=bool) if nodata is None
-                     else ~(samples == np.asarray(nodata, dtype=bands.dtype)).all(-1))
-        else:
-            valid = dataset.dataset_mask(window=window) > 0
+        valid = valid_mask(dataset, samples, bands.indexes, window)
     except RasterioError as exc:
         cause = exc.__cause__ or exc  # GDAL's own message says which block failed
         raise UserError(f"{path}: cannot read the pixels of rows {rows[0]}..{rows[1]}, columns {cols[0]}..{cols[1]} "
                         f"({cause}); the file is damaged or truncated: re-export or re-download it") from None
+    if valid is None:
+        return samples, np.ones(samples.shape[:2], dtype=bool)
     if not valid.all():
         samples[~valid] = bands.fill
     return samples, valid

@@ -152,8 +152,8 @@ def input_normalization(train_set: SegmentationDataset, val_set: SegmentationDat
                         "and dtype")
     if train_set.rgb8:
         return Normalization()
-    mean, std = band_statistics(train_set.read_image, range(len(train_set)), train_set.channels, progress=is_main,
-                                desc="band statistics (train split)")
+    mean, std = band_statistics(train_set.read_image_valid, range(len(train_set)), train_set.channels,
+                                progress=is_main, desc="band statistics (train split)")
     if is_main:
         print(f"input: {train_set.channels} band(s) of {train_set.dtype}; per-band mean "
               f"{', '.join(f'{v:.6g}' for v in mean)}, std {', '.join(f'{v:.6g}' for v in std)} (train split)")

@@ -101,13 +101,19 @@ def _check_compatible(path: str, saved: dict[str, Any], parts: RunParts) -> None
                             ("backbone", "the {} backbone", "pass --backbone {}"),
                             ("num_classes", "{} classes", "pass the same --classes file or --num-classes {}"),
                             ("downsample_factor", "output stride {}", "pass --downsample-factor {}"),
-                            ("head", "the {} head", "pass --head {}")):
-        # Checkpoints from before --task and --head existed are multi-class with the standard head.
-        value = saved.get(key, {"task": "multiclass", "head": "standard"}.get(key))
+                            ("head", "the {} head", "pass --head {}"),
+                            ("in_channels", "{} input band(s)", "train on data of {} band(s)")):
+        # Checkpoints from before --task, --head and rasters existed: multi-class, standard head, RGB.
+        value = saved.get(key, {"task": "multiclass", "head": "standard", "in_channels": 3}.get(key))
         if value != spec[key]:
             raise UserError(f"--resume {path} was trained with {what.format(value)}, but this run has "
                             f"{what.format(spec[key])}: {hint.format(value)} to continue it, "
                             "or start a new run (--weights loads what fits)")
+    bands = [",".join(map(str, b)) if b else None for b in (saved.get("bands"), spec["bands"])]
+    if bands[0] != bands[1]:
+        said = [f"--bands {b}" if b else "every band" for b in bands]
+        raise UserError(f"--resume {path} was trained on {said[0]}, but this run reads {said[1]}: "
+                        f"{'pass ' + said[0] if bands[0] else 'drop --bands'} to continue it")
 
 
 def load_resume(path: str, parts: RunParts) -> RunProgress:
