@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import io
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import predict as predict_cli
-from bench.common import machine_description
+from bench.common import machine_description, peak_rss_mib
 from nets.registry import backbone_names
 from nets.spec import ModelSpec, build_model
 from utils.data.io import load_image, voc_palette
@@ -268,18 +267,9 @@ def rss_case(method: str, size: tuple[int, int], backbone: str) -> None:
         source = Path(tmp) / "photo.jpg"
         test_photo(source, size[1], size[0])
         candidates = methods(SceneModel(backbone), only=method, onnx_dir=Path(tmp) / "onnx")
-        before = high_water_mib()
+        before = peak_rss_mib()
         candidates[method][1](source, Path(tmp) / "out.jpg")
-    print(json.dumps({"peak_mib": high_water_mib(), "before_mib": before}))
-
-
-def high_water_mib() -> float:
-    """This process's peak RSS (VmHWM) in MiB. Unlike ``getrusage``'s ru_maxrss, which Linux carries over
-    from the parent through fork and exec, VmHWM starts afresh in a new program."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak_rss_mib(), "before_mib": before}))
 
 
 def fraction_differing(a: np.ndarray, b: np.ndarray) -> float:

@@ -65,10 +65,20 @@ def test_predict_bench_compares_with_the_original_on_every_size(capsys, monkeypa
     assert rows[0][4] == "1.00x"
 
 
-def test_predict_bench_peak_rss_is_read_fresh():
-    from bench import bench_predict
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    """ru_maxrss survives exec on Linux: a child of a parent holding 1 GiB must not report it as its own."""
+    import subprocess
+    import sys
 
-    assert 10 < bench_predict.high_water_mib() < 64 * 1024
+    held = bytearray(1024 * 2**20)
+    held[::4096] = b"\x01" * len(held[::4096])  # touch every page, so that it is resident
+    child = subprocess.run([sys.executable, "-c", "from bench.common import peak_rss_mib; print(peak_rss_mib())"],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    from bench.common import peak_rss_mib
+
+    assert peak_rss_mib() > 1024
+    assert 10 < float(child.stdout) < peak_rss_mib() - 512
+    del held
 
 
 def test_eval_bench_agrees_with_the_original(tmp_path):
