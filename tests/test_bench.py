@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from bench.common import peak_rss_mib
 
 BENCH_MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "bench").glob("*.py")
                        if p.stem != "__init__")
@@ -67,18 +71,13 @@ def test_predict_bench_compares_with_the_original_on_every_size(capsys, monkeypa
 
 def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     """ru_maxrss survives exec on Linux: a child of a parent holding 1 GiB must not report it as its own."""
-    import subprocess
-    import sys
-
     held = bytearray(1024 * 2**20)
     held[::4096] = b"\x01" * len(held[::4096])  # touch every page, so that it is resident
     child = subprocess.run([sys.executable, "-c", "from bench.common import peak_rss_mib; print(peak_rss_mib())"],
                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
-    from bench.common import peak_rss_mib
 
     assert peak_rss_mib() > 1024
     assert 10 < float(child.stdout) < peak_rss_mib() - 512
-    del held
 
 
 def test_eval_bench_agrees_with_the_original(tmp_path):
