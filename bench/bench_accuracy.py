@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -101,11 +103,11 @@ def plan(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def run_command(command: list[str], log: Path, cwd: Path = REPO) -> float:
+def run_command(command: list[str], log: Path, cwd: Path = REPO, append: bool = False) -> float:
     """Run ``command`` (printed first) with its output in ``log``; fail loudly; return its wall seconds."""
-    print(f"$ (cd {shlex.quote(str(cwd))} && {shlex.join(command)}) > {log} 2>&1", flush=True)
+    print(f"$ (cd {shlex.quote(str(cwd))} && {shlex.join(command)}) >{'>' if append else ''} {log} 2>&1", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as handle:
+    with open(log, "a" if append else "w") as handle:
         status = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT).returncode
     if status:
         raise SystemExit(f"exit status {status}; see {log}")
@@ -229,6 +231,10 @@ def score(args: argparse.Namespace, weights: Path, report: Path, log: Path) -> d
     return json.loads((report / "metrics.json").read_text())
 
 
+def minutes(seconds: float) -> str:
+    return "n/a (resumed)" if math.isnan(seconds) else f"{seconds / 60:.1f}"
+
+
 def table(results: list[dict], machine: str) -> str:
     rows = ["| epochs | seed | codebase | init | head | val mIoU % | pixel accuracy % | train minutes |",
             "|---:|---:|---|---|---|---:|---:|---:|"]
@@ -236,7 +242,7 @@ def table(results: list[dict], machine: str) -> str:
     for r in order:
         init = "normal (its own)" if r["codebase"] == "original" else r["init"]
         rows.append(f"| {r['epochs']} | {r['seed']} | {r['codebase']} | {init} | {r['head']} | {r['miou'] * 100:.2f} "
-                    f"| {r['accuracy'] * 100:.2f} | {r['train_s'] / 60:.1f} |")
+                    f"| {r['accuracy'] * 100:.2f} | {minutes(r['train_s'])} |")
     return "\n".join(rows) + f"\n\nMachine: {machine}, fp32.\n"
 
 
@@ -253,26 +259,38 @@ def main(args: argparse.Namespace) -> int:
             continue
         save_dir = out / run.name
         weights = save_dir / ("last_epoch_weights.pth" if run.codebase == "original" else "last.pth")
+        # Written only when training returns: both codebases save their last weights every epoch,
+        # so weights alone may be an interrupted run's.
+        finished = save_dir / "train_seconds.json"
         train_s = 0.0
-        if weights.is_file():
-            print(f"{run.name}: {weights} exists, scoring it without training")
-            train_s = float(json.loads((save_dir / "train_seconds.json").read_text())) \
-                if (save_dir / "train_seconds.json").is_file() else float("nan")
+        if finished.is_file():
+            print(f"{run.name}: trained in an earlier call, scoring {weights}")
+            train_s = float(json.loads(finished.read_text()))
         elif run.codebase == "original":
+            if save_dir.is_dir() and not args.dry_run:  # it cannot resume: train again from the start
+                print(f"{run.name}: {save_dir} holds an unfinished run, training it again from the start")
+                shutil.rmtree(save_dir)
             train_s = train_original(args, run, save_dir, out / f"{run.name}.log")
-        elif args.dry_run:
-            print("$ " + shlex.join(ours_command(args, run, save_dir)))
         else:
-            train_s = run_command(ours_command(args, run, save_dir), out / f"{run.name}.log")
+            command = ours_command(args, run, save_dir)
+            resumed = weights.is_file()
+            if resumed:  # an unfinished run: ours resumes exactly where it stopped
+                print(f"{run.name}: {weights} is an unfinished run, resuming it")
+                command += ["--resume", str(weights)]
+            if args.dry_run:
+                print("$ " + shlex.join(command))
+            else:
+                train_s = run_command(command, out / f"{run.name}.log", append=resumed)
+                train_s = float("nan") if resumed else train_s  # the earlier call's time is unknown
         if args.dry_run:
             continue
-        (save_dir / "train_seconds.json").write_text(json.dumps(train_s))
+        finished.write_text(json.dumps(train_s))
         metrics = score(args, weights, save_dir / "miou", out / f"{run.name}.miou.log")
         results.append({**asdict(run), "name": run.name, "miou": metrics["miou"],
                         "accuracy": metrics["accuracy"], "train_s": train_s})
         results_file.write_text(json.dumps(results, indent=1))
         (out / "results.md").write_text(table(results, machine))
-        print(f"{run.name}: val mIoU {metrics['miou'] * 100:.2f}% after {train_s / 60:.1f} min of training", flush=True)
+        print(f"{run.name}: val mIoU {metrics['miou'] * 100:.2f}% after {minutes(train_s)} min of training", flush=True)
     if results:
         print(table(results, machine))
     return 0

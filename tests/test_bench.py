@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,72 @@ def test_eval_bench_agrees_with_the_original(tmp_path):
         result = bench_eval.marginal(tmp_path / writer, writer, pairs=4, rounds=1, workers=2)
         assert result["same"] is True
         assert set(result) == {"original", "ours", "same"}
+
+
+ORIGINAL_TRAIN = '''import os
+if __name__ == "__main__":
+    Cuda            = True
+    num_classes     = 21
+    Freeze_Train    = True  # freeze first
+    optimizer_type  = "sgd"
+    seed_everything(seed)
+    fit(Cuda=Cuda)
+'''
+
+
+def test_accuracy_bench_patches_only_the_original_settings_block():
+    from bench import bench_accuracy
+
+    source, changes = bench_accuracy.patch_settings(
+        ORIGINAL_TRAIN, {"Cuda": "False", "num_classes": "11", "Freeze_Train": "False", "optimizer_type": "'sgd'"})
+    assert changes == ["Cuda: True -> False", "num_classes: 21 -> 11", "Freeze_Train: True -> False"]
+    assert "    num_classes     = 11\n" in source and "    Freeze_Train    = False  # freeze first\n" in source
+    assert source.endswith("    seed_everything(seed)\n    fit(Cuda=Cuda)\n")  # the call after the block is untouched
+    with pytest.raises(SystemExit, match="'epochs = ...' lines, expected 1"):
+        bench_accuracy.patch_settings(ORIGINAL_TRAIN, {"epochs": "8"})
+
+
+def test_accuracy_bench_scores_finished_runs_resumes_ours_and_restarts_the_original(tmp_path, monkeypatch):
+    from bench import bench_accuracy
+
+    data = tmp_path / "camvid"
+    data.mkdir()
+    (data / "classes.txt").write_text("sky\nroad\n")
+    out = tmp_path / "acc"
+    finished = out / "ours_normal_standard_e8_s11"
+    unfinished_ours = out / "ours_normal_standard_e8_s5"
+    unfinished_original = out / "original_e8_s11"
+    for folder in (finished, unfinished_ours, unfinished_original):
+        folder.mkdir(parents=True)
+    (finished / "last.pth").write_bytes(b"w")
+    (finished / "train_seconds.json").write_text("600.0")
+    (unfinished_ours / "last.pth").write_bytes(b"w")
+    (unfinished_original / "last_epoch_weights.pth").write_bytes(b"w")
+
+    trained = []
+
+    def fake_run(command, log, cwd=bench_accuracy.REPO, append=False):
+        trained.append((command, append))
+        return 120.0
+
+    def fake_original(args, run, save_dir, log):
+        assert not save_dir.exists()  # the interrupted run's folder was cleared first
+        save_dir.mkdir()
+        trained.append((run.name, False))
+        return 300.0
+
+    monkeypatch.setattr(bench_accuracy, "run_command", fake_run)
+    monkeypatch.setattr(bench_accuracy, "train_original", fake_original)
+    monkeypatch.setattr(bench_accuracy, "score", lambda args, weights, report, log: {"miou": 0.25, "accuracy": 0.5})
+    args = bench_accuracy.parse_args(["--data-root", str(data), "--original", str(tmp_path), "--inits", "normal",
+                                      "--epochs", "8", "--seeds", "11", "5", "--out", str(out)])
+    assert bench_accuracy.main(args) == 0
+
+    original_s11, ours_s5, original_s5 = trained
+    assert original_s11 == ("original_e8_s11", False) and original_s5 == ("original_e8_s5", False)
+    assert ours_s5[1] is True and ours_s5[0][-2:] == ["--resume", str(unfinished_ours / "last.pth")]
+    minutes = {r["name"]: r["train_s"] for r in json.loads((out / "results.json").read_text())}
+    assert minutes["ours_normal_standard_e8_s11"] == 600.0 and minutes["original_e8_s11"] == 300.0
+    table = (out / "results.md").read_text()
+    assert "| 8 | 5 | ours | normal | standard | 25.00 | 50.00 | n/a (resumed) |" in table
+    assert "| 8 | 11 | ours | normal | standard | 25.00 | 50.00 | 10.0 |" in table
