@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from utils.device import cpu_info
+
 
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
@@ -50,12 +52,21 @@ def matmul_gflops(device: torch.device | str = "cpu", n: int = 2048, dtype: torc
     return 2 * n**3 / seconds / 1e9
 
 
+SPEED_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("avx512_vnni", "VNNI"),
+               ("avx_vnni", "AVX-VNNI"), ("amx_bf16", "AMX"))
+
+
 def machine_description(device: torch.device | str = "cpu") -> str:
     """One line naming the machine a figure was measured on."""
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
-            f"(torch {torch.__version__})")
+    info = cpu_info()
+    cpu = platform.processor() or platform.machine()
+    if info is not None:
+        # The features that change which kernels run here: bf16 and int8 speeds differ several-fold.
+        features = [name for flag, name in SPEED_FLAGS if flag in info[1]]
+        cpu = f"{info[0] or cpu} ({', '.join(features) or 'no AVX2'})"
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1

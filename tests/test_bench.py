@@ -157,3 +157,19 @@ def test_accuracy_bench_scores_finished_runs_resumes_ours_and_restarts_the_origi
     table = (out / "results.md").read_text()
     assert "| 8 | 5 | ours | normal | standard | 25.00 | 50.00 | n/a (resumed) |" in table
     assert "| 8 | 11 | ours | normal | standard | 25.00 | 50.00 | 10.0 |" in table
+
+
+def test_machine_line_names_the_cpu_and_the_features_that_change_speeds(tmp_path, monkeypatch):
+    from bench import common
+    from utils.device import cpu_info
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\n"
+                       "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2\n")
+    assert cpu_info(cpuinfo) == ("AMD EPYC 9R14", {"fpu", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
+    assert cpu_info(tmp_path / "missing") is None
+    monkeypatch.setattr(common, "cpu_info", lambda: cpu_info(cpuinfo))
+    assert common.machine_description("cpu").startswith("AMD EPYC 9R14 (AVX2, AVX-512, AVX512-BF16, VNNI), ")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Old CPU\nflags\t\t: fpu sse4_2\n")
+    assert common.machine_description("cpu").startswith("Old CPU (no AVX2), ")

@@ -2,7 +2,7 @@
 
 A leaf shared by training and inference: :func:`resolve_device` turns ``--device`` into a
 ``torch.device``, :func:`resolve_precision` picks the forward dtype (with
-:func:`cpu_has_native_bf16` deciding whether bf16 pays off on this CPU), and
+:func:`cpu_has_native_bf16` deciding whether bf16 pays off on this CPU, from :func:`cpu_info`), and
 :func:`channels_last_training` whether training runs in the NHWC memory layout.
 """
 
@@ -53,14 +53,25 @@ def channels_last_training(device: torch.device) -> bool:
 PRECISIONS = ("auto", "fastest", "fp32", "fp16", "bf16")
 
 
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]] | None:
+    """(model name, feature flags) of the first CPU in ``cpuinfo``, or None when it is unreadable (not
+    Linux): then nothing is known and callers assume nothing."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name", ""), set(fields.get("flags", "").split())
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX), which makes
     bf16 convolutions about twice as fast as float32; elsewhere bf16 is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    info = cpu_info()
+    return info is not None and bool(info[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

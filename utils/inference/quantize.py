@@ -28,6 +28,7 @@ import torch
 from utils.checkpoint import default_file_mode
 from utils.data.io import IMAGE_EXTENSIONS, load_image
 from utils.data.layout import index_images, parse_split_file
+from utils.device import cpu_info
 from utils.errors import UserError
 from utils.inference.backends import OnnxBackend
 from utils.inference.onnx_export import CONFIG_KEY, SPEC_KEY
@@ -103,14 +104,8 @@ class QuantizeReport:
 def int8_dot_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     """The int8 dot-product flags (:data:`INT8_DOT_FLAGS`) the CPU reports, or None when ``cpuinfo`` is unreadable
     (not Linux): then nothing is known and nothing is assumed."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split()) & set(INT8_DOT_FLAGS)
-    return None
+    info = cpu_info(cpuinfo)
+    return None if info is None else info[1] & set(INT8_DOT_FLAGS)
 
 
 def int8_warning(options: QuantizeOptions) -> str | None:
