@@ -280,8 +280,8 @@ def main(args: argparse.Namespace) -> int:
             if args.dry_run:
                 print("$ " + shlex.join(command))
             else:
-                train_s = run_command(command, out / f"{run.name}.log", append=resumed)
-                train_s = float("nan") if resumed else train_s  # the earlier call's time is unknown
+                seconds = run_command(command, out / f"{run.name}.log", append=resumed)
+                train_s = float("nan") if resumed else seconds  # a resumed run's earlier time is unknown
         if args.dry_run:
             continue
         finished.write_text(json.dumps(train_s))

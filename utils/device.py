@@ -61,9 +61,10 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]] | No
     except OSError:
         return None
     fields: dict[str, str] = {}
-    for line in text.splitlines():
+    # CPUs are blank-line separated blocks; the first one is enough (a 128-core host lists 128).
+    for line in text.split("\n\n", 1)[0].splitlines():
         key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+        fields[key.strip()] = value.strip()
     return fields.get("model name", ""), set(fields.get("flags", "").split())
 
 
